@@ -1,0 +1,137 @@
+//! Fan-out: every member owns a bounded outbound queue; [`Hub::publish`] offers each message to
+//! every member with `try_send` and never waits, so one slow client cannot delay the others.
+//! A member whose queue is full is asked to close as `slow_consumer` (so a client that stays
+//! connected never silently misses a message).
+//!
+//! `publish` is the single fan-out seam: a multi-node backplane replaces what happens behind it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::protocol;
+use crate::monitor::{CloseReason, ConnectionEntry};
+
+/// One message to fan out.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub text: Utf8Bytes,
+    /// A member that must not receive it (the one leaving, for a leave notice).
+    pub except: Option<Uuid>,
+}
+
+struct Member {
+    tx: mpsc::Sender<Utf8Bytes>,
+    entry: Arc<ConnectionEntry>,
+}
+
+/// The set of chat members; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Hub {
+    /// A std `RwLock`: held only for `try_send` loops and map updates, never across an await.
+    members: Arc<RwLock<HashMap<Uuid, Member>>>,
+}
+
+/// Membership of one connection; dropping it leaves the hub and tells the others.
+pub struct Membership {
+    hub: Hub,
+    id: Uuid,
+    client_id: String,
+    tx: mpsc::Sender<Utf8Bytes>,
+}
+
+impl Hub {
+    /// Joins `entry` with an outbound queue of `capacity` messages. From the moment this
+    /// returns, the member receives every message published.
+    pub fn join(
+        &self,
+        entry: Arc<ConnectionEntry>,
+        capacity: usize,
+    ) -> (Membership, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let weak = tx.downgrade();
+        entry.set_queue_probe(Box::new(move || {
+            weak.upgrade()
+                .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        }));
+        let id = entry.id();
+        let client_id = entry.info().client_id.clone();
+        let member = Member {
+            tx: tx.clone(),
+            entry,
+        };
+        self.members
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, member);
+        let membership = Membership {
+            hub: self.clone(),
+            id,
+            client_id,
+            tx,
+        };
+        (membership, rx)
+    }
+
+    /// Offers `envelope` to every member without waiting. Members whose queue is full are
+    /// asked to close as `slow_consumer`; returns how many members accepted it.
+    pub fn publish(&self, envelope: Envelope) -> usize {
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        let mut delivered = 0;
+        for (id, member) in members.iter() {
+            if Some(*id) == envelope.except {
+                continue;
+            }
+            match member.tx.try_send(envelope.text.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    member.entry.request_close(CloseReason::SlowConsumer);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+
+    /// Members right now.
+    pub fn len(&self) -> usize {
+        self.members.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether the hub has no members.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn leave(&self, id: Uuid) {
+        self.members
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+impl Membership {
+    /// Queues a message for this member only; `false` when its queue is full.
+    pub fn send_own(&self, text: Utf8Bytes) -> bool {
+        self.tx.try_send(text).is_ok()
+    }
+
+    /// The hub this membership belongs to.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(self.id);
+        self.hub.publish(Envelope {
+            text: protocol::left(&self.client_id).into(),
+            except: Some(self.id),
+        });
+    }
+}

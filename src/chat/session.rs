@@ -1,0 +1,178 @@
+//! One chat connection: a reader, a writer and the close signals raced in one `select!`, then a
+//! single place that sends the close frame and records the outcome on the guard.
+//!
+//! The session is generic over the socket's `Sink`/`Stream` halves so it can be driven by tests
+//! without a network.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{Envelope, Membership};
+use super::protocol;
+use crate::monitor::{CloseReason, ConnectionEntry, ConnectionGuard, Outcome};
+
+/// Timing for one session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Longest a batch of writes may block before the client counts as a slow consumer.
+    pub send_timeout: Duration,
+    /// Longest the closing handshake may take.
+    pub close_timeout: Duration,
+}
+
+/// Messages written per flush, at most.
+const WRITE_BATCH: usize = 64;
+
+/// How the session loop ended.
+enum End {
+    /// The client sent a close frame (with this code, if any).
+    ClientClosed(Option<u16>),
+    /// The server closes for this reason.
+    Server(CloseReason),
+    /// The transport is gone; nothing can be sent.
+    Gone,
+}
+
+/// Runs the chat for one connection until it ends, then releases it via `guard`'s drop
+/// (after `membership`'s drop has told the others it left).
+pub async fn run<S, R>(
+    (mut sink, mut stream): (S, R),
+    mut guard: ConnectionGuard,
+    membership: Membership,
+    mut outbound: mpsc::Receiver<Utf8Bytes>,
+    shutdown: CancellationToken,
+    limits: SessionLimits,
+) where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let entry = guard.entry().clone();
+    let end = tokio::select! {
+        end = read_loop(&mut stream, &entry, &membership) => end,
+        end = write_loop(&mut sink, &mut outbound, &entry, limits.send_timeout) => end,
+        reason = entry.close_requested() => End::Server(reason),
+        () = shutdown.cancelled() => End::Server(CloseReason::ServerShutdown),
+    };
+    drop(outbound);
+    let outcome = match end {
+        End::ClientClosed(code) => {
+            // tungstenite queued the echo of the client's close frame; flush it out.
+            let _ = tokio::time::timeout(limits.close_timeout, sink.close()).await;
+            Outcome {
+                reason: CloseReason::ClientClosed,
+                code_sent: code,
+                code_received: code,
+            }
+        }
+        End::Server(reason) => {
+            let frame = reason.server_code().map(|code| CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason.as_str()),
+            });
+            let close = async {
+                sink.send(Message::Close(frame)).await?;
+                sink.close().await
+            };
+            let sent = matches!(
+                tokio::time::timeout(limits.close_timeout, close).await,
+                Ok(Ok(()))
+            );
+            Outcome {
+                reason,
+                code_sent: reason.server_code().filter(|_| sent),
+                code_received: None,
+            }
+        }
+        End::Gone => Outcome {
+            reason: CloseReason::ClientGone,
+            code_sent: None,
+            code_received: None,
+        },
+    };
+    guard.set_outcome(outcome);
+    drop(membership);
+    drop(guard);
+}
+
+async fn read_loop<R>(stream: &mut R, entry: &ConnectionEntry, membership: &Membership) -> End
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let client_id = &entry.info().client_id;
+    loop {
+        let msg = match stream.next().await {
+            None => return End::Gone,
+            Some(Err(e)) => return classify(e),
+            Some(Ok(msg)) => msg,
+        };
+        match msg {
+            Message::Text(text) => {
+                entry.record_received(text.len());
+                if !membership.send_own(protocol::personal_reply(&text).into()) {
+                    return End::Server(CloseReason::SlowConsumer);
+                }
+                membership.hub().publish(Envelope {
+                    text: protocol::says(client_id, &text).into(),
+                    except: None,
+                });
+            }
+            Message::Binary(_) => return End::Server(CloseReason::UnsupportedData),
+            Message::Close(frame) => return End::ClientClosed(frame.map(|f| f.code)),
+            // tungstenite answers pings itself; pongs need nothing yet.
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+}
+
+async fn write_loop<S>(
+    sink: &mut S,
+    outbound: &mut mpsc::Receiver<Utf8Bytes>,
+    entry: &ConnectionEntry,
+    send_timeout: Duration,
+) -> End
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        if outbound.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+            // Every sender is gone: the membership was dropped, the session is ending.
+            return End::Server(CloseReason::InternalError);
+        }
+        let sizes: Vec<usize> = batch.iter().map(|t| t.as_str().len()).collect();
+        let write = async {
+            for text in batch.drain(..) {
+                sink.feed(Message::Text(text)).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(send_timeout, write).await {
+            Err(_) => return End::Server(CloseReason::SlowConsumer),
+            Ok(Err(_)) => return End::Gone,
+            Ok(Ok(())) => sizes.into_iter().for_each(|n| entry.record_sent(n)),
+        }
+    }
+}
+
+/// Maps a read error to how the connection ends.
+fn classify(err: axum::Error) -> End {
+    use tungstenite::error::{Error as WsError, ProtocolError};
+    let inner = err.into_inner();
+    let Some(ws) = inner.downcast_ref::<WsError>() else {
+        return End::Server(CloseReason::InternalError);
+    };
+    match ws {
+        WsError::Capacity(_) => End::Server(CloseReason::MessageTooBig),
+        WsError::Utf8(_) => End::Server(CloseReason::InvalidPayload),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        | WsError::Io(_)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed => End::Gone,
+        WsError::Protocol(_) => End::Server(CloseReason::ClientProtocolError),
+        _ => End::Server(CloseReason::InternalError),
+    }
+}

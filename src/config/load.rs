@@ -1,0 +1,206 @@
+//! Loading and validating [`Settings`]: layering with figment, then checks serde cannot
+//! express. Every error names the key and the source that set it.
+
+use std::fmt;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+
+use super::Settings;
+
+/// The file read (when present, relative to the working directory) before `--config`.
+pub const DEFAULT_FILE: &str = "config/default.toml";
+/// Prefix of environment overrides; nesting uses `__` (`WSMON_SERVER__LISTEN`).
+pub const ENV_PREFIX: &str = "WSMON_";
+
+/// A setting that could not be used. The binary prints it and exits with status 64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, e.g. `websocket.max_message_size`; empty when the error is about a file.
+    pub key: String,
+    /// Where the value came from, e.g. `environment variable WSMON_LOG__LEVEL`.
+    pub source: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(
+                f,
+                "invalid configuration ({}): {}",
+                self.source, self.message
+            )
+        } else {
+            write!(
+                f,
+                "invalid setting `{}` (from {}): {}",
+                self.key, self.source, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Loads settings: defaults < [`DEFAULT_FILE`] (if present) < `extra_file` < `WSMON_*`.
+pub fn load(extra_file: Option<&Path>) -> Result<Settings, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+    if Path::new(DEFAULT_FILE).is_file() {
+        figment = figment.merge(Toml::file_exact(DEFAULT_FILE));
+    }
+    if let Some(path) = extra_file {
+        if !path.is_file() {
+            return Err(ConfigError {
+                key: String::new(),
+                source: format!("--config {}", path.display()),
+                message: "file not found".into(),
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+    from_figment(&figment)
+}
+
+/// Extracts and validates settings from any figment (tests build their own).
+pub fn from_figment(figment: &Figment) -> Result<Settings, ConfigError> {
+    let settings: Settings = figment.extract().map_err(|e| describe(figment, e))?;
+    validate(&settings).map_err(|(key, message)| ConfigError {
+        source: source_of(figment, &key),
+        key,
+        message,
+    })?;
+    Ok(settings)
+}
+
+fn describe(figment: &Figment, err: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let mut path = err.path.clone();
+    let message = match &err.kind {
+        Kind::UnknownField(field, _) => {
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+            "unknown key".to_string()
+        }
+        other => other.to_string(),
+    };
+    let key = path.join(".");
+    let source = match &err.metadata {
+        Some(md) => name_source(md, &key),
+        None => source_of(figment, &key),
+    };
+    ConfigError {
+        key,
+        source,
+        message,
+    }
+}
+
+fn source_of(figment: &Figment, key: &str) -> String {
+    figment
+        .find_metadata(key)
+        .map_or_else(|| "built-in default".into(), |md| name_source(md, key))
+}
+
+/// "file config/x.toml", "environment variable WSMON_A__B", or the provider's name.
+fn name_source(md: &figment::Metadata, key: &str) -> String {
+    match &md.source {
+        Some(figment::Source::File(path)) => format!("file {}", path.display()),
+        _ if md.name.contains("environment") => format!(
+            "environment variable {ENV_PREFIX}{}",
+            key.replace('.', "__").to_uppercase()
+        ),
+        _ if md.name == "Serialized" || md.name == "Default" => "built-in default".into(),
+        _ => md.name.to_string(),
+    }
+}
+
+/// Parses `server.trusted_proxies` (plain IPs or CIDR ranges).
+pub fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
+    entries
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("`{s}` is neither an IP address nor a CIDR range"))
+        })
+        .collect()
+}
+
+fn validate(s: &Settings) -> Result<(), (String, String)> {
+    let positive: [(&str, u64); 12] = [
+        (
+            "websocket.max_message_size",
+            s.websocket.max_message_size as u64,
+        ),
+        (
+            "websocket.max_frame_size",
+            s.websocket.max_frame_size as u64,
+        ),
+        (
+            "websocket.read_buffer_size",
+            s.websocket.read_buffer_size as u64,
+        ),
+        (
+            "websocket.outbound_queue",
+            s.websocket.outbound_queue as u64,
+        ),
+        ("websocket.send_timeout_ms", s.websocket.send_timeout_ms),
+        ("websocket.close_timeout_ms", s.websocket.close_timeout_ms),
+        (
+            "websocket.max_client_id_chars",
+            s.websocket.max_client_id_chars as u64,
+        ),
+        ("monitor.idle_after_secs", s.monitor.idle_after_secs),
+        (
+            "monitor.page_default_limit",
+            s.monitor.page_default_limit as u64,
+        ),
+        ("monitor.page_max_limit", s.monitor.page_max_limit as u64),
+        ("admin.push_interval_ms", s.admin.push_interval_ms),
+        ("admin.max_streams", s.admin.max_streams as u64),
+    ];
+    for (key, value) in positive {
+        if value == 0 {
+            return Err((key.into(), "must be greater than 0".into()));
+        }
+    }
+    let ws = &s.websocket;
+    if ws.max_write_buffer_size <= ws.write_buffer_size {
+        return Err((
+            "websocket.max_write_buffer_size".into(),
+            format!(
+                "must be greater than websocket.write_buffer_size ({})",
+                ws.write_buffer_size
+            ),
+        ));
+    }
+    if ws.max_frame_size > ws.max_message_size {
+        return Err((
+            "websocket.max_frame_size".into(),
+            "must not exceed websocket.max_message_size".into(),
+        ));
+    }
+    if s.monitor.page_default_limit > s.monitor.page_max_limit {
+        return Err((
+            "monitor.page_default_limit".into(),
+            "must not exceed monitor.page_max_limit".into(),
+        ));
+    }
+    if s.admin.table_rows > s.monitor.page_max_limit {
+        return Err((
+            "admin.table_rows".into(),
+            "must not exceed monitor.page_max_limit".into(),
+        ));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&s.log.level) {
+        return Err(("log.level".into(), format!("not a valid filter: {e}")));
+    }
+    parse_proxies(&s.server.trusted_proxies)
+        .map(drop)
+        .map_err(|e| ("server.trusted_proxies".into(), e))
+}

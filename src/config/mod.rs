@@ -1,0 +1,199 @@
+//! Settings: every knob wsmon has, its default, and the layering that loads them
+//! (built-in defaults < `config/default.toml` < `--config FILE` < `WSMON_*` environment).
+//!
+//! `config/default.toml` carries every key with its default and a comment; a test keeps it and
+//! [`Settings::default`] identical, and another keeps the README's table in step with it.
+
+mod load;
+
+pub use load::{from_figment, load, parse_proxies, ConfigError, DEFAULT_FILE, ENV_PREFIX};
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// All settings. Unknown keys are errors, so typos never pass silently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub websocket: WebSocketSettings,
+    pub monitor: MonitorSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+/// Listening and client-address resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Peers (IPs or CIDR ranges) whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Per-connection limits and buffers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketSettings {
+    /// Largest message accepted (bytes); larger closes the connection with 1009.
+    pub max_message_size: usize,
+    /// Largest single frame accepted (bytes).
+    pub max_frame_size: usize,
+    /// Read buffer per connection (bytes).
+    pub read_buffer_size: usize,
+    /// Bytes buffered before the writer flushes.
+    pub write_buffer_size: usize,
+    /// Hard cap on buffered outbound bytes per connection.
+    pub max_write_buffer_size: usize,
+    /// Outbound queue per connection (messages); overflow closes it as `slow_consumer`.
+    pub outbound_queue: usize,
+    /// Longest a single write may block before the client is closed as `slow_consumer` (ms).
+    pub send_timeout_ms: u64,
+    /// Time allowed for sending the close frame when the server closes (ms).
+    pub close_timeout_ms: u64,
+    /// Longest accepted `client_id`, in characters.
+    pub max_client_id_chars: usize,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 * 1024,
+            max_frame_size: 64 * 1024,
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 8 * 1024,
+            max_write_buffer_size: 1024 * 1024,
+            outbound_queue: 256,
+            send_timeout_ms: 10_000,
+            close_timeout_ms: 1_000,
+            max_client_id_chars: 64,
+        }
+    }
+}
+
+impl WebSocketSettings {
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+}
+
+/// What the registry and stats APIs report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSettings {
+    /// A connection with no client message for this long is flagged idle (s).
+    pub idle_after_secs: u64,
+    /// Most connections listed by `/ws-stats` (the paginated API lists the rest).
+    pub ws_stats_max_connections: usize,
+    /// Page size of `/api/v1/connections` when `limit` is absent.
+    pub page_default_limit: usize,
+    /// Largest `limit` accepted by `/api/v1/connections`.
+    pub page_max_limit: usize,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        Self {
+            idle_after_secs: 300,
+            ws_stats_max_connections: 1_000,
+            page_default_limit: 100,
+            page_max_limit: 1_000,
+        }
+    }
+}
+
+impl MonitorSettings {
+    pub fn idle_after(&self) -> Duration {
+        Duration::from_secs(self.idle_after_secs)
+    }
+}
+
+/// The `/admin` dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Interval between live updates pushed to each open dashboard (ms).
+    pub push_interval_ms: u64,
+    /// Most dashboards streaming at once; more get HTTP 503.
+    pub max_streams: usize,
+    /// Connections included in each live update.
+    pub table_rows: usize,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            push_interval_ms: 1_000,
+            max_streams: 32,
+            table_rows: 100,
+        }
+    }
+}
+
+/// Log output (`RUST_LOG`, when set, overrides `level`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// Filter directives, `RUST_LOG` syntax.
+    pub level: String,
+    /// `text` for terminals, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// Longest wait for connections to close after SIGINT/SIGTERM (ms).
+    pub grace_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self { grace_ms: 10_000 }
+    }
+}
+
+impl ShutdownSettings {
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+}
+
+/// The settings as TOML (what `--check-config` prints).
+pub fn to_toml(settings: &Settings) -> String {
+    toml::to_string_pretty(settings).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+}

@@ -1,0 +1,69 @@
+//! HTTP routers, each module owning its routes.
+//!
+//! - [`ws`]: the chat's `/ws/{client_id}` upgrade.
+//! - [`stats`]: `/ws-stats` and `/api/v1/connections`.
+//! - [`admin`]: the `/admin` dashboard and its live event stream.
+//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`client_addr`]: client address resolution behind trusted proxies.
+//!
+//! [`monitoring_router`] bundles everything but the chat, for any axum application that
+//! registers its own WebSocket connections in a [`Registry`].
+
+pub mod admin;
+pub mod client_addr;
+pub mod health;
+pub mod stats;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AdminSettings, MonitorSettings};
+use crate::monitor::Registry;
+
+/// What the monitoring routes need; cheap to clone.
+#[derive(Clone)]
+pub struct Monitoring {
+    pub registry: Registry,
+    pub settings: Arc<MonitoringSettings>,
+    /// Cancelled when shutdown begins: `/readyz` turns 503, streams end.
+    pub shutdown: CancellationToken,
+    /// Permits for live dashboard streams (`admin.max_streams`).
+    pub streams: Arc<Semaphore>,
+}
+
+/// The settings the monitoring routes read.
+#[derive(Debug, Clone, Default)]
+pub struct MonitoringSettings {
+    pub monitor: MonitorSettings,
+    pub admin: AdminSettings,
+}
+
+impl Monitoring {
+    /// Monitoring for `registry` with the given settings.
+    pub fn new(
+        registry: Registry,
+        settings: MonitoringSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let streams = Arc::new(Semaphore::new(settings.admin.max_streams));
+        Self {
+            registry,
+            settings: Arc::new(settings),
+            shutdown,
+            streams,
+        }
+    }
+}
+
+/// `/ws-stats`, `/api/v1/connections*`, `/admin*`, `/healthz`, `/readyz`.
+pub fn monitoring_router(monitoring: Monitoring) -> Router {
+    Router::new()
+        .merge(stats::routes())
+        .merge(admin::routes())
+        .merge(health::routes())
+        .with_state(monitoring)
+}

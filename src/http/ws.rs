@@ -1,0 +1,124 @@
+//! `GET /ws/{client_id}`: validates the request, registers the connection and joins the hub
+//! *before* answering 101 (so a client whose handshake completed receives every later
+//! broadcast), then runs the chat session on the upgraded socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use futures_util::StreamExt;
+use ipnet::IpNet;
+use tokio_util::task::TaskTracker;
+
+use super::client_addr;
+use crate::chat::session::{self, SessionLimits};
+use crate::chat::Hub;
+use crate::config::WebSocketSettings;
+use crate::error::ApiError;
+use crate::monitor::{client_id, ConnectionInfo, Registry, RejectReason};
+use tokio_util::sync::CancellationToken;
+
+/// What the chat route needs; cheap to clone.
+#[derive(Clone)]
+pub struct ChatState {
+    pub registry: Registry,
+    pub hub: Hub,
+    pub websocket: Arc<WebSocketSettings>,
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+    pub shutdown: CancellationToken,
+    /// Tracks every session so shutdown can wait for them (bounded by the grace period).
+    pub sessions: TaskTracker,
+}
+
+/// The chat route, with its state applied.
+pub fn router(state: ChatState) -> Router {
+    Router::new()
+        .route("/ws/{client_id}", get(upgrade))
+        .with_state(state)
+}
+
+async fn upgrade(
+    State(state): State<ChatState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let reject = |reason: RejectReason, message: String| {
+        state.registry.record_rejection(reason);
+        tracing::info!(
+            rejection.reason = reason.as_str(),
+            client.address = %peer.ip(),
+            "upgrade refused: {message}"
+        );
+        ApiError::Rejected(reason, message)
+    };
+    if state.shutdown.is_cancelled() {
+        return Err(reject(
+            RejectReason::ShuttingDown,
+            "server is shutting down".into(),
+        ));
+    }
+    let client_id = match path {
+        Ok(Path(id)) => id,
+        Err(e) => return Err(reject(RejectReason::InvalidClientId, e.body_text())),
+    };
+    let ws_settings = &state.websocket;
+    if let Err(e) = client_id::validate(&client_id, ws_settings.max_client_id_chars) {
+        return Err(reject(RejectReason::InvalidClientId, e.to_string()));
+    }
+    let ws = ws.map_err(|e| reject(RejectReason::BadUpgrade, e.body_text()))?;
+
+    let info = ConnectionInfo {
+        client_id,
+        address: Some(client_addr::resolve(
+            peer.ip(),
+            &headers,
+            &state.trusted_proxies,
+        )),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    let guard = state.registry.register(info);
+    let (membership, outbound) = state
+        .hub
+        .join(guard.entry().clone(), ws_settings.outbound_queue);
+    tracing::info!(
+        connection.id = %guard.entry().id(),
+        client.id = %guard.entry().info().client_id,
+        client.address = ?guard.entry().info().address,
+        "connection opened"
+    );
+    let limits = SessionLimits {
+        send_timeout: ws_settings.send_timeout(),
+        close_timeout: ws_settings.close_timeout(),
+    };
+    let shutdown = state.shutdown.clone();
+    let token = state.sessions.token();
+    Ok(ws
+        .read_buffer_size(ws_settings.read_buffer_size)
+        .write_buffer_size(ws_settings.write_buffer_size)
+        .max_write_buffer_size(ws_settings.max_write_buffer_size)
+        .max_message_size(ws_settings.max_message_size)
+        .max_frame_size(ws_settings.max_frame_size)
+        .on_upgrade(move |socket| async move {
+            let _token = token;
+            session::run(
+                socket.split(),
+                guard,
+                membership,
+                outbound,
+                shutdown,
+                limits,
+            )
+            .await;
+        }))
+}

@@ -1,0 +1,19 @@
+//! wsmon: a WebSocket chat server whose every connection is observable.
+//!
+//! - [`config`]: settings and their layered loading.
+//! - [`startup`]: [`startup::Application`] binds, serves and drains.
+//! - [`shutdown`]: stop signals.
+//! - [`telemetry`]: logging setup.
+//! - [`monitor`]: the reusable monitoring core (registry, connection guard, close reasons).
+//! - [`chat`]: the chat application (protocol texts, hub, session).
+//! - [`http`]: routers (chat upgrade, stats API, admin dashboard, health).
+//! - [`error`]: the HTTP API's error type.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod monitor;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,53 @@
+//! wsmon's binary: CLI → settings → logging → bind → serve until SIGINT/SIGTERM → drain.
+//! Exit status 64 on a bad setting, 1 if the server cannot start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wsmon::{config, shutdown, startup::Application, telemetry};
+
+/// A WebSocket chat server whose every connection is observable.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML file layered over config/default.toml (WSMON_* variables override both).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the effective settings as TOML, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsmon: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    if cli.check_config {
+        println!("{}", config::to_toml(&settings));
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(&settings.log);
+    let listen = settings.server.listen;
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(address = %listen, error = %e, "cannot start");
+            eprintln!("wsmon: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(shutdown::signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The reusable monitoring core: any axum application can wrap its own WebSocket handler with
+//! it and get the registry, stats and close-reason accounting, not only the chat.
+//!
+//! - [`close`]: the bounded close and rejection reasons.
+//! - [`entry`]: one connection's record and its snapshot.
+//! - [`registry`]: the index of live connections, totals, paging.
+//! - [`guard`]: the RAII guard that releases a connection exactly once.
+//! - [`client_id`]: validation of client-chosen ids.
+
+pub mod client_id;
+pub mod close;
+pub mod entry;
+pub mod guard;
+pub mod registry;
+
+pub use close::{CloseReason, Initiator, RejectReason};
+pub use entry::{ConnectionEntry, ConnectionInfo, ConnectionSnapshot};
+pub use guard::{ConnectionGuard, Outcome};
+pub use registry::{GlobalStats, Page, PageRequest, Registry, SortKey};

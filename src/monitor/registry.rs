@@ -1,0 +1,335 @@
+//! The connection registry: every live connection indexed by order of arrival, by id and by
+//! client id, plus global totals kept in atomics.
+//!
+//! Bounds: the index holds exactly the live connections (an entry leaves when its
+//! [`ConnectionGuard`] drops); per-reason counters are fixed arrays. The index sits behind one
+//! `std::sync::Mutex` (never held across an `.await`) that only connect, disconnect and the
+//! listing APIs take; the message path touches only atomics.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::close::{CloseReason, RejectReason};
+use super::entry::{ConnectionEntry, ConnectionInfo};
+use super::guard::ConnectionGuard;
+
+/// Server-wide counters, updated lock-free.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub(crate) total_connections: AtomicU64,
+    pub(crate) active_connections: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) disconnects: [AtomicU64; CloseReason::ALL.len()],
+    pub(crate) rejections: [AtomicU64; RejectReason::ALL.len()],
+}
+
+#[derive(Default)]
+struct Index {
+    by_seq: BTreeMap<u64, Arc<ConnectionEntry>>,
+    by_id: HashMap<Uuid, u64>,
+    by_client: HashMap<String, BTreeSet<u64>>,
+    next_seq: u64,
+}
+
+/// The registry; cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Registry {
+    index: Arc<Mutex<Index>>,
+    totals: Arc<Totals>,
+    idle_after: Duration,
+}
+
+/// Orderings offered by [`Registry::page`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortKey {
+    /// Oldest connection first (keyset-paginated: O(log n + limit)).
+    #[default]
+    Oldest,
+    /// Newest connection first (keyset-paginated).
+    Newest,
+    /// Most messages received first.
+    Messages,
+    /// Longest idle first.
+    Idle,
+    /// Deepest outbound queue first.
+    Queue,
+}
+
+/// A page request. `cursor` is the opaque `next_cursor` of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub cursor: Option<String>,
+    pub client_id: Option<String>,
+    pub sort: SortKey,
+}
+
+/// A page of connections and the cursor of the next one (`None` at the end).
+pub struct Page {
+    pub items: Vec<Arc<ConnectionEntry>>,
+    pub next_cursor: Option<String>,
+}
+
+/// The cursor could not be parsed or does not belong to the requested sort.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid cursor")]
+pub struct InvalidCursor;
+
+/// Global figures as `/ws-stats` shows them; the first four are the tutorial's contract.
+#[derive(Debug, Clone, Serialize)]
+pub struct GlobalStats {
+    pub total_connections: u64,
+    pub active_connections: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Ended connections by close reason (every reason present, zeros included).
+    pub disconnects: BTreeMap<&'static str, u64>,
+    /// Refused upgrades by reason (every reason present).
+    pub rejections: BTreeMap<&'static str, u64>,
+}
+
+/// Entries copied out per lock acquisition when a listing must look at every connection.
+const SCAN_CHUNK: usize = 1024;
+
+impl Registry {
+    /// An empty registry; connections idle longer than `idle_after` are flagged idle.
+    pub fn new(idle_after: Duration) -> Self {
+        Self {
+            index: Arc::default(),
+            totals: Arc::default(),
+            idle_after,
+        }
+    }
+
+    /// The idle threshold snapshots use.
+    pub fn idle_after(&self) -> Duration {
+        self.idle_after
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // A panic while holding this lock cannot leave the index half-updated in a way that
+        // matters more than refusing all further service, so recover from poisoning.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection; it stays listed until the returned guard drops.
+    pub fn register(&self, info: ConnectionInfo) -> ConnectionGuard {
+        let mut index = self.lock();
+        let seq = index.next_seq;
+        index.next_seq += 1;
+        let client_id = info.client_id.clone();
+        let entry = Arc::new(ConnectionEntry::new(seq, info, self.totals.clone()));
+        index.by_seq.insert(seq, entry.clone());
+        index.by_id.insert(entry.id(), seq);
+        index.by_client.entry(client_id).or_default().insert(seq);
+        drop(index);
+        self.totals.total_connections.fetch_add(1, Relaxed);
+        self.totals.active_connections.fetch_add(1, Relaxed);
+        ConnectionGuard::new(self.clone(), entry)
+    }
+
+    /// Removes an entry and counts its close reason; called once, by the guard.
+    pub(super) fn release(&self, entry: &ConnectionEntry, reason: CloseReason) {
+        let mut index = self.lock();
+        if index.by_seq.remove(&entry.seq).is_none() {
+            return;
+        }
+        index.by_id.remove(&entry.id());
+        let client_id = &entry.info().client_id;
+        if let Some(set) = index.by_client.get_mut(client_id) {
+            set.remove(&entry.seq);
+            if set.is_empty() {
+                index.by_client.remove(client_id);
+            }
+        }
+        drop(index);
+        self.totals.active_connections.fetch_sub(1, Relaxed);
+        self.totals.disconnects[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an upgrade refused before a connection existed.
+    pub fn record_rejection(&self, reason: RejectReason) {
+        self.totals.rejections[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Live connections right now.
+    pub fn active(&self) -> u64 {
+        self.totals.active_connections.load(Relaxed)
+    }
+
+    /// The global counters (O(1): atomics only).
+    pub fn global_stats(&self) -> GlobalStats {
+        let t = &self.totals;
+        let by = |names: &[&'static str], counters: &[AtomicU64]| {
+            names
+                .iter()
+                .zip(counters)
+                .map(|(n, c)| (*n, c.load(Relaxed)))
+                .collect()
+        };
+        let close_names: Vec<_> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        let reject_names: Vec<_> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        GlobalStats {
+            total_connections: t.total_connections.load(Relaxed),
+            active_connections: t.active_connections.load(Relaxed),
+            messages_received: t.messages_received.load(Relaxed),
+            messages_sent: t.messages_sent.load(Relaxed),
+            bytes_received: t.bytes_received.load(Relaxed),
+            bytes_sent: t.bytes_sent.load(Relaxed),
+            disconnects: by(&close_names, &t.disconnects),
+            rejections: by(&reject_names, &t.rejections),
+        }
+    }
+
+    /// The live connection with this id.
+    pub fn get(&self, id: Uuid) -> Option<Arc<ConnectionEntry>> {
+        let index = self.lock();
+        let seq = index.by_id.get(&id)?;
+        index.by_seq.get(seq).cloned()
+    }
+
+    /// Every live connection of one client id, oldest first.
+    pub fn by_client(&self, client_id: &str) -> Vec<Arc<ConnectionEntry>> {
+        let index = self.lock();
+        index
+            .by_client
+            .get(client_id)
+            .map_or_else(Vec::new, |seqs| {
+                seqs.iter()
+                    .filter_map(|s| index.by_seq.get(s).cloned())
+                    .collect()
+            })
+    }
+
+    /// One page of connections. Age orderings are keyset-paginated under a short lock;
+    /// the others copy the candidates out in chunks (the lock is released between chunks),
+    /// then sort outside the lock, so their cost is O(n) per page but never blocks the
+    /// message path.
+    pub fn page(&self, req: &PageRequest) -> Result<Page, InvalidCursor> {
+        let limit = req.limit.max(1);
+        match req.sort {
+            SortKey::Oldest | SortKey::Newest => self.page_by_age(req, limit),
+            _ => self.page_by_value(req, limit),
+        }
+    }
+
+    fn page_by_age(&self, req: &PageRequest, limit: usize) -> Result<Page, InvalidCursor> {
+        let after = match &req.cursor {
+            None => None,
+            Some(c) => Some(parse_cursor(c, 's')?),
+        };
+        let newest = req.sort == SortKey::Newest;
+        let range = match (after, newest) {
+            (None, _) => (Bound::Unbounded, Bound::Unbounded),
+            (Some(s), false) => (Bound::Excluded(s), Bound::Unbounded),
+            (Some(s), true) => (Bound::Unbounded, Bound::Excluded(s)),
+        };
+        let index = self.lock();
+        let seqs: Vec<u64> = match &req.client_id {
+            Some(client) => match index.by_client.get(client) {
+                None => Vec::new(),
+                Some(set) => take_range(set.range(range), newest, limit + 1),
+            },
+            None => take_range(index.by_seq.range(range).map(|(k, _)| k), newest, limit + 1),
+        };
+        let mut items: Vec<_> = seqs
+            .iter()
+            .filter_map(|s| index.by_seq.get(s).cloned())
+            .collect();
+        drop(index);
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|e| format!("s{}", e.seq))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    fn page_by_value(&self, req: &PageRequest, limit: usize) -> Result<Page, InvalidCursor> {
+        let offset = match &req.cursor {
+            None => 0,
+            Some(c) => parse_cursor(c, 'o')? as usize,
+        };
+        let mut all = match &req.client_id {
+            Some(client) => self.by_client(client),
+            None => self.scan_all(),
+        };
+        let key = |e: &ConnectionEntry| -> u128 {
+            match req.sort {
+                SortKey::Messages => u128::from(e.messages_received()),
+                SortKey::Idle => e.idle_for().as_micros(),
+                _ => e.queue_depth() as u128,
+            }
+        };
+        // Largest first; ties by age so pages are stable while values do not change.
+        let mut keyed: Vec<(u128, u64, Arc<ConnectionEntry>)> =
+            all.drain(..).map(|e| (key(&e), e.seq, e)).collect();
+        let cmp = |a: &(u128, u64, _), b: &(u128, u64, _)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        let total = keyed.len();
+        let end = offset.saturating_add(limit).min(total);
+        if end < total {
+            keyed.select_nth_unstable_by(end, cmp);
+            keyed.truncate(end);
+        }
+        keyed.sort_unstable_by(cmp);
+        let items: Vec<_> = keyed.into_iter().skip(offset).map(|(_, _, e)| e).collect();
+        let next_cursor = (end < total).then(|| format!("o{end}"));
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Copies out every live entry, taking the lock once per [`SCAN_CHUNK`] entries.
+    pub fn scan_all(&self) -> Vec<Arc<ConnectionEntry>> {
+        let mut out = Vec::with_capacity(self.active() as usize);
+        let mut from = Bound::Unbounded;
+        loop {
+            let index = self.lock();
+            let before = out.len();
+            out.extend(
+                index
+                    .by_seq
+                    .range((from, Bound::Unbounded))
+                    .take(SCAN_CHUNK)
+                    .map(|(_, e)| e.clone()),
+            );
+            drop(index);
+            match out.last() {
+                Some(last) if out.len() - before == SCAN_CHUNK => {
+                    from = Bound::Excluded(last.seq);
+                }
+                _ => return out,
+            }
+        }
+    }
+}
+
+fn take_range<'a>(
+    it: impl DoubleEndedIterator<Item = &'a u64>,
+    reverse: bool,
+    n: usize,
+) -> Vec<u64> {
+    if reverse {
+        it.rev().take(n).copied().collect()
+    } else {
+        it.take(n).copied().collect()
+    }
+}
+
+fn parse_cursor(cursor: &str, kind: char) -> Result<u64, InvalidCursor> {
+    cursor
+        .strip_prefix(kind)
+        .and_then(|n| n.parse().ok())
+        .ok_or(InvalidCursor)
+}

@@ -1,0 +1,146 @@
+//! [`Application`]: binds the listener (port 0 works), assembles the routers, and runs until
+//! stopped: on the stop signal it turns unready, closes every WebSocket as `server_shutdown`,
+//! waits for sessions within the grace period (logging whether the drain completed), then
+//! stops the HTTP server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chat::Hub;
+use crate::config::{parse_proxies, Settings};
+use crate::http::ws::{self, ChatState};
+use crate::http::{monitoring_router, Monitoring, MonitoringSettings};
+use crate::monitor::Registry;
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: Router,
+    registry: Registry,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+    grace: Duration,
+}
+
+impl Application {
+    /// Binds `settings.server.listen` and builds the routers. Settings must come from
+    /// [`crate::config::load`] (or be otherwise valid).
+    pub async fn build(settings: Settings) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(settings.server.listen).await?;
+        let addr = listener.local_addr()?;
+        let registry = Registry::new(settings.monitor.idle_after());
+        let shutdown = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        let trusted_proxies = parse_proxies(&settings.server.trusted_proxies)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let chat = ChatState {
+            registry: registry.clone(),
+            hub: Hub::default(),
+            websocket: Arc::new(settings.websocket.clone()),
+            trusted_proxies: Arc::new(trusted_proxies),
+            shutdown: shutdown.clone(),
+            sessions: sessions.clone(),
+        };
+        let monitoring = Monitoring::new(
+            registry.clone(),
+            MonitoringSettings {
+                monitor: settings.monitor.clone(),
+                admin: settings.admin.clone(),
+            },
+            shutdown.clone(),
+        );
+        let router = ws::router(chat).merge(monitoring_router(monitoring));
+        Ok(Self {
+            listener,
+            addr,
+            router,
+            registry,
+            shutdown,
+            sessions,
+            grace: settings.shutdown.grace(),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The registry of this server's connections.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// Cancelling this token begins shutdown (as the stop signal does).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until `stop` completes (or the shutdown token is cancelled), then drains.
+    pub async fn run_until_stopped(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Self {
+            listener,
+            addr,
+            router,
+            registry,
+            shutdown,
+            sessions,
+            grace,
+        } = self;
+        tracing::info!(address = %addr, "listening");
+        tracing::info!("dashboard: http://{addr}/admin   stats: http://{addr}/ws-stats");
+        tracing::info!("chat: connect a WebSocket client to ws://{addr}/ws/<client_id>");
+
+        let http_stop = CancellationToken::new();
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, service)
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+
+        tokio::select! {
+            () = stop => shutdown.cancel(),
+            () = shutdown.cancelled() => {}
+        }
+        sessions.close();
+        let active = registry.active();
+        tracing::info!(
+            connections = active,
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
+        let drained = tokio::time::timeout(grace, sessions.wait()).await.is_ok();
+        if drained {
+            tracing::info!("drain completed");
+        } else {
+            tracing::warn!(
+                remaining = registry.active(),
+                "drain incomplete at end of grace period"
+            );
+        }
+        http_stop.cancel();
+        match tokio::time::timeout(grace, server).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(std::io::Error::other(join)),
+            Err(_) => {
+                tracing::warn!("HTTP connections still open at end of grace period");
+                Ok(())
+            }
+        }
+    }
+}
