@@ -40,7 +40,19 @@ pub struct ChatState {
 pub fn router(state: ChatState) -> Router {
     Router::new()
         .route("/ws/{client_id}", get(upgrade))
+        .route("/ws/", get(empty_client_id))
         .with_state(state)
+}
+
+/// `/ws/` has no client id at all: the same 400 as any other invalid id.
+async fn empty_client_id(State(state): State<ChatState>) -> ApiError {
+    state
+        .registry
+        .record_rejection(RejectReason::InvalidClientId);
+    ApiError::Rejected(
+        RejectReason::InvalidClientId,
+        client_id::InvalidClientId::Empty.to_string(),
+    )
 }
 
 async fn upgrade(

@@ -1,0 +1,11 @@
+//! Integration tests: the real server on port 0, a real WebSocket client, every receive under
+//! a timeout so a bug fails instead of hanging.
+
+mod admin;
+mod bad_input;
+mod chat;
+mod config;
+mod connections_api;
+mod helpers;
+mod lifecycle;
+mod stats;
