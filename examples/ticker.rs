@@ -77,6 +77,12 @@ async fn main() -> std::io::Result<()> {
         .with_state(registry)
         .merge(monitoring_router(monitoring));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8001").await?;
-    tracing::info!("ticker on ws://127.0.0.1:8001/ticker/<id>, dashboard on http://127.0.0.1:8001/admin");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    tracing::info!(
+        "ticker on ws://127.0.0.1:8001/ticker/<id>, dashboard on http://127.0.0.1:8001/admin"
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }

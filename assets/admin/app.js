@@ -14,6 +14,19 @@
     return td;
   }
 
+  // "2026-11-28T10:00:05.123456Z" -> "10:00:05"; the full value stays in the tooltip.
+  function idCell(id) {
+    const td = cell(id.slice(0, 8), "mono");
+    td.title = id;
+    return td;
+  }
+
+  function timeCell(iso) {
+    const td = cell(iso.slice(11, 19), "mono");
+    td.title = iso;
+    return td;
+  }
+
   function seconds(s) {
     if (s < 60) return s.toFixed(1) + " s";
     if (s < 3600) return (s / 60).toFixed(1) + " min";
@@ -34,12 +47,14 @@
     const rows = list.map((c) => {
       const tr = document.createElement("tr");
       tr.dataset.connectionId = c.connection_id;
+      const client = cell(c.client_id, "client");
+      client.title = c.client_id;
       tr.append(
-        cell(c.client_id, "client"),
-        cell(c.connection_id, "mono"),
+        client,
+        idCell(c.connection_id),
         cell(c.client_address || ""),
-        cell(c.connected_at),
-        cell(c.last_activity),
+        timeCell(c.connected_at),
+        timeCell(c.last_activity),
         cell(seconds(c.duration), "num"),
         cell(fmt.format(c.messages_received), "num"),
         cell(fmt.format(c.messages_sent), "num"),

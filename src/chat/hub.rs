@@ -135,3 +135,70 @@ impl Drop for Membership {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::monitor::{ConnectionInfo, Registry};
+
+    fn member(
+        registry: &Registry,
+        hub: &Hub,
+        id: &str,
+        capacity: usize,
+    ) -> (
+        crate::monitor::ConnectionGuard,
+        Membership,
+        mpsc::Receiver<Utf8Bytes>,
+    ) {
+        let guard = registry.register(ConnectionInfo {
+            client_id: id.into(),
+            address: None,
+            user_agent: None,
+        });
+        let (membership, rx) = hub.join(guard.entry().clone(), capacity);
+        (guard, membership, rx)
+    }
+
+    #[test]
+    fn a_full_queue_asks_only_that_member_to_close_as_slow_consumer() {
+        let registry = Registry::new(Duration::from_secs(300));
+        let hub = Hub::default();
+        let (slow_guard, _slow, _slow_rx) = member(&registry, &hub, "slow", 2);
+        let (fast_guard, _fast, mut fast_rx) = member(&registry, &hub, "fast", 2);
+        for i in 0..3 {
+            hub.publish(Envelope {
+                text: format!("m{i}").into(),
+                except: None,
+            });
+            assert_eq!(fast_rx.try_recv().unwrap().as_str(), format!("m{i}"));
+        }
+        assert_eq!(
+            slow_guard.entry().requested_close(),
+            Some(CloseReason::SlowConsumer)
+        );
+        assert_eq!(slow_guard.entry().queue_depth(), 2);
+        assert_eq!(fast_guard.entry().requested_close(), None);
+    }
+
+    #[tokio::test]
+    async fn a_member_dropped_by_a_panic_still_tells_the_others_it_left() {
+        let registry = Registry::new(Duration::from_secs(300));
+        let hub = Hub::default();
+        let (_g, _m, mut rx) = member(&registry, &hub, "stays", 8);
+        let (guard, membership, _rx) = member(&registry, &hub, "crashes", 8);
+        let task = tokio::spawn(async move {
+            let _held = (guard, membership);
+            panic!("bug");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(
+            rx.try_recv().unwrap().as_str(),
+            "Client #crashes left the chat"
+        );
+        assert_eq!(hub.len(), 1);
+        assert_eq!(registry.active(), 1);
+    }
+}

@@ -35,6 +35,8 @@ enum End {
     Server(CloseReason),
     /// The transport is gone; nothing can be sent.
     Gone,
+    /// A write failed; the reader has not said why yet.
+    WriteFailed,
 }
 
 /// Runs the chat for one connection until it ends, then releases it via `guard`'s drop
@@ -51,11 +53,24 @@ pub async fn run<S, R>(
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let entry = guard.entry().clone();
-    let end = tokio::select! {
-        end = read_loop(&mut stream, &entry, &membership) => end,
-        end = write_loop(&mut sink, &mut outbound, &entry, limits.send_timeout) => end,
-        reason = entry.close_requested() => End::Server(reason),
-        () = shutdown.cancelled() => End::Server(CloseReason::ServerShutdown),
+    let end = {
+        let read = read_loop(&mut stream, &entry, &membership);
+        tokio::pin!(read);
+        let end = tokio::select! {
+            end = &mut read => end,
+            end = write_loop(&mut sink, &mut outbound, &entry, limits.send_timeout) => end,
+            reason = entry.close_requested() => End::Server(reason),
+            () = shutdown.cancelled() => End::Server(CloseReason::ServerShutdown),
+        };
+        match end {
+            // A write failed: the client may have sent a close frame and hung up before we
+            // read it. What is left to read decides between client_closed and client_gone.
+            End::WriteFailed => match tokio::time::timeout(limits.close_timeout, &mut read).await {
+                Ok(closed @ End::ClientClosed(_)) => closed,
+                _ => End::Gone,
+            },
+            other => other,
+        }
     };
     drop(outbound);
     let outcome = match end {
@@ -87,7 +102,7 @@ pub async fn run<S, R>(
                 code_received: None,
             }
         }
-        End::Gone => Outcome {
+        End::Gone | End::WriteFailed => Outcome {
             reason: CloseReason::ClientGone,
             code_sent: None,
             code_received: None,
@@ -152,7 +167,7 @@ where
         };
         match tokio::time::timeout(send_timeout, write).await {
             Err(_) => return End::Server(CloseReason::SlowConsumer),
-            Ok(Err(_)) => return End::Gone,
+            Ok(Err(_)) => return End::WriteFailed,
             Ok(Ok(())) => sizes.into_iter().for_each(|n| entry.record_sent(n)),
         }
     }

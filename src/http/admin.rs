@@ -21,6 +21,7 @@ use crate::monitor::{ConnectionSnapshot, GlobalStats, PageRequest};
 const INDEX_HTML: &str = include_str!("../../assets/admin/index.html");
 const APP_JS: &str = include_str!("../../assets/admin/app.js");
 const APP_CSS: &str = include_str!("../../assets/admin/app.css");
+const FAVICON: &str = include_str!("../../assets/admin/favicon.svg");
 
 /// No inline script or style, nothing from another origin.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -37,6 +38,10 @@ pub(super) fn routes() -> Router<Monitoring> {
         .route(
             "/admin/app.css",
             get(|| asset(APP_CSS, "text/css; charset=utf-8")),
+        )
+        .route(
+            "/admin/favicon.svg",
+            get(|| asset(FAVICON, "image/svg+xml")),
         )
         .route("/admin/events", get(events))
 }

@@ -107,3 +107,68 @@ impl Drop for ConnectionGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::monitor::ConnectionInfo;
+
+    fn info(id: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            client_id: id.into(),
+            address: None,
+            user_agent: None,
+        }
+    }
+
+    fn disconnects(registry: &Registry, reason: CloseReason) -> u64 {
+        registry.global_stats().disconnects[reason.as_str()]
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_connection_task_releases_it_as_internal_error() {
+        let registry = Registry::new(Duration::from_secs(300));
+        let guard = registry.register(info("doomed"));
+        assert_eq!(registry.active(), 1);
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            panic!("bug in a handler");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(registry.active(), 0);
+        assert_eq!(disconnects(&registry, CloseReason::InternalError), 1);
+        assert!(registry.by_client("doomed").is_empty());
+    }
+
+    #[test]
+    fn without_an_outcome_a_requested_close_wins_else_client_gone() {
+        let registry = Registry::new(Duration::from_secs(300));
+        let kicked = registry.register(info("a"));
+        assert!(kicked.entry().request_close(CloseReason::AdminKick));
+        assert!(
+            !kicked.entry().request_close(CloseReason::SlowConsumer),
+            "first wins"
+        );
+        drop(kicked);
+        drop(registry.register(info("b")));
+        assert_eq!(disconnects(&registry, CloseReason::AdminKick), 1);
+        assert_eq!(disconnects(&registry, CloseReason::ClientGone), 1);
+        assert_eq!(disconnects(&registry, CloseReason::SlowConsumer), 0);
+    }
+
+    #[test]
+    fn the_recorded_outcome_is_counted_exactly_once() {
+        let registry = Registry::new(Duration::from_secs(300));
+        let mut guard = registry.register(info("a"));
+        guard.set_outcome(Outcome::server(CloseReason::MessageTooBig));
+        // Releasing again (as a second cleanup path would) must not count twice.
+        registry.release(guard.entry(), CloseReason::MessageTooBig);
+        drop(guard);
+        assert_eq!(disconnects(&registry, CloseReason::MessageTooBig), 1);
+        assert_eq!(registry.active(), 0);
+        let total: u64 = registry.global_stats().disconnects.values().sum();
+        assert_eq!(total, 1);
+    }
+}

@@ -333,3 +333,51 @@ fn parse_cursor(cursor: &str, kind: char) -> Result<u64, InvalidCursor> {
         .and_then(|n| n.parse().ok())
         .ok_or(InvalidCursor)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            client_id: id.into(),
+            address: None,
+            user_agent: None,
+        }
+    }
+
+    fn sizes(r: &Registry) -> (usize, usize, usize) {
+        let index = r.lock();
+        (index.by_seq.len(), index.by_id.len(), index.by_client.len())
+    }
+
+    #[test]
+    fn every_index_empties_after_any_number_of_connects_and_disconnects() {
+        let registry = Registry::new(Duration::from_secs(300));
+        for round in 0..3 {
+            let guards: Vec<_> = (0..1000)
+                .map(|i| registry.register(info(&format!("c{}", i % 37))))
+                .collect();
+            assert_eq!(sizes(&registry), (1000, 1000, 37));
+            drop(guards);
+            assert_eq!(sizes(&registry), (0, 0, 0), "round {round}");
+            assert_eq!(registry.active(), 0);
+        }
+        assert_eq!(registry.global_stats().total_connections, 3000);
+    }
+
+    #[test]
+    fn scan_all_crosses_chunk_boundaries_without_loss_or_duplicates() {
+        let registry = Registry::new(Duration::from_secs(300));
+        let n = SCAN_CHUNK * 2 + 7;
+        let _guards: Vec<_> = (0..n)
+            .map(|i| registry.register(info(&i.to_string())))
+            .collect();
+        let seqs: Vec<u64> = registry.scan_all().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+        // Exactly one chunk: the loop must still stop.
+        let exact = Registry::new(Duration::from_secs(300));
+        let _g: Vec<_> = (0..SCAN_CHUNK).map(|_| exact.register(info("x"))).collect();
+        assert_eq!(exact.scan_all().len(), SCAN_CHUNK);
+    }
+}

@@ -1,6 +1,8 @@
 //! Logging setup: `RUST_LOG`-style filtering, human text on a terminal or JSON lines.
 //! (Trace and metric export plug in here as further layers.)
 
+use std::io::IsTerminal;
+
 use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -19,7 +21,13 @@ where
         .unwrap_or_else(|| EnvFilter::new(&settings.level));
     let base = Registry::default().with(filter);
     match settings.format {
-        LogFormat::Text => Box::new(base.with(tracing_subscriber::fmt::layer().with_writer(sink))),
+        LogFormat::Text => Box::new(
+            base.with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stdout().is_terminal())
+                    .with_writer(sink),
+            ),
+        ),
         LogFormat::Json => Box::new(
             base.with(
                 tracing_subscriber::fmt::layer()

@@ -229,3 +229,45 @@ async fn a_client_that_stops_reading_is_closed_as_slow_consumer_without_delaying
     }
     let _ = stalled.ws.close(None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_churn_every_connection_is_released_and_counted_once() {
+    const WAVES: usize = 5;
+    const PER_WAVE: usize = 60;
+    let app = spawn_app().await;
+    for wave in 0..WAVES {
+        let mut clients = Vec::new();
+        for i in 0..PER_WAVE {
+            clients.push(app.connect(&format!("w{wave}-{i}")).await);
+        }
+        app.wait_for_active(PER_WAVE as u64).await;
+        for (i, mut c) in clients.into_iter().enumerate() {
+            match i % 3 {
+                0 => c.ws.close(None).await.unwrap(),
+                1 => drop(c),
+                _ => {
+                    if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = c.ws.get_ref() {
+                        tcp.set_zero_linger().unwrap();
+                    }
+                    drop(c)
+                }
+            }
+        }
+        app.wait_for_active(0).await;
+    }
+    let stats = app.stats().await;
+    let g = &stats["global_stats"];
+    let total = (WAVES * PER_WAVE) as u64;
+    assert_eq!(g["total_connections"], total);
+    let counted: u64 = g["disconnects"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, total, "each disconnect counted exactly once: {g}");
+    assert_eq!(g["disconnects"]["client_closed"], total / 3);
+    assert_eq!(stats["connections"].as_array().unwrap().len(), 0);
+    let (_, page) = app.get_json("/api/v1/connections").await;
+    assert_eq!(page["connections"].as_array().unwrap().len(), 0);
+}
