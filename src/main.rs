@@ -7,6 +7,17 @@ use std::process::ExitCode;
 use clap::Parser;
 use wsmon::{config, shutdown, startup::Application, telemetry};
 
+/// jemalloc, purging freed memory in a background thread: with glibc malloc, RSS stayed at its
+/// peak after thousands of connections closed; with this, it returns close to the baseline.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options (read once at start; `_RJEM_MALLOC_CONF` in the environment adds to them):
+/// return dirty pages after 1 s, from a background thread so an idle server purges too.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// A WebSocket chat server whose every connection is observable.
 #[derive(Parser)]
 #[command(version, about)]
