@@ -153,11 +153,7 @@ mod tests {
         Membership,
         mpsc::Receiver<Utf8Bytes>,
     ) {
-        let guard = registry.register(ConnectionInfo {
-            client_id: id.into(),
-            address: None,
-            user_agent: None,
-        });
+        let guard = registry.register(ConnectionInfo::new(id));
         let (membership, rx) = hub.join(guard.entry().clone(), capacity);
         (guard, membership, rx)
     }

@@ -24,6 +24,17 @@ pub struct ConnectionInfo {
     pub user_agent: Option<String>,
 }
 
+impl ConnectionInfo {
+    /// Info with only a client id (no address, no user agent).
+    pub fn new(client_id: impl Into<String>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            address: None,
+            user_agent: None,
+        }
+    }
+}
+
 /// Longest user agent kept per connection (bytes); longer ones are cut at a char boundary.
 pub const MAX_USER_AGENT: usize = 256;
 

@@ -116,11 +116,7 @@ mod tests {
     use crate::monitor::ConnectionInfo;
 
     fn info(id: &str) -> ConnectionInfo {
-        ConnectionInfo {
-            client_id: id.into(),
-            address: None,
-            user_agent: None,
-        }
+        ConnectionInfo::new(id)
     }
 
     fn disconnects(registry: &Registry, reason: CloseReason) -> u64 {

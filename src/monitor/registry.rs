@@ -339,11 +339,7 @@ mod tests {
     use super::*;
 
     fn info(id: &str) -> ConnectionInfo {
-        ConnectionInfo {
-            client_id: id.into(),
-            address: None,
-            user_agent: None,
-        }
+        ConnectionInfo::new(id)
     }
 
     fn sizes(r: &Registry) -> (usize, usize, usize) {
