@@ -1,5 +1,6 @@
 //! A live price ticker that is not a chat, monitored by wsmon's core: every connection is in the
-//! registry, `/ws-stats`, `/api/v1/connections` (kick included) and `/admin` work unchanged.
+//! registry, with its span and metrics; `/ws-stats`, `/api/v1/connections` (kick included),
+//! `/metrics` and `/admin` work unchanged.
 //!
 //! Run: `cargo run --example ticker`, then connect to `ws://127.0.0.1:8001/ticker/<your-id>`.
 
@@ -12,8 +13,11 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use wsmon::http::{monitoring_router, Monitoring, MonitoringSettings};
-use wsmon::monitor::{CloseReason, ConnectionGuard, ConnectionInfo, Outcome, Registry};
+use wsmon::monitor::{
+    CloseReason, ConnectionGuard, ConnectionInfo, Outcome, Registry, RegistryOptions,
+};
 
 async fn subscribe(
     State(registry): State<Registry>,
@@ -21,13 +25,13 @@ async fn subscribe(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let guard = registry.register(ConnectionInfo {
-        client_id,
-        address: Some(peer.ip()),
-        user_agent: None,
-    });
+    let mut info = ConnectionInfo::new(client_id);
+    info.address = Some(peer.ip());
+    info.route = Some("/ticker/{client_id}");
+    let guard = registry.register(info);
+    let span = guard.span().clone();
     ws.read_buffer_size(4096)
-        .on_upgrade(move |socket| stream_prices(socket, guard))
+        .on_upgrade(move |socket| stream_prices(socket, guard).instrument(span))
 }
 
 async fn stream_prices(mut socket: WebSocket, mut guard: ConnectionGuard) {
@@ -66,12 +70,18 @@ async fn stream_prices(mut socket: WebSocket, mut guard: ConnectionGuard) {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     wsmon::telemetry::init(&Default::default());
-    let registry = Registry::new(Duration::from_secs(300));
+    let metrics = wsmon::telemetry::metrics::build(None);
+    let registry = Registry::with_options(RegistryOptions {
+        idle_after: Duration::from_secs(300),
+        trace_url_template: String::new(),
+        metrics: metrics.metrics.clone(),
+    });
     let monitoring = Monitoring::new(
         registry.clone(),
         MonitoringSettings::default(),
         CancellationToken::new(),
-    );
+    )
+    .with_prometheus(metrics.prometheus);
     let app = Router::new()
         .route("/ticker/{client_id}", get(subscribe))
         .with_state(registry)

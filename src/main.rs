@@ -1,11 +1,13 @@
-//! wsmon's binary: CLI → settings → logging → bind → serve until SIGINT/SIGTERM → drain.
+//! wsmon's binary: CLI → settings → telemetry → bind → serve until SIGINT/SIGTERM → drain →
+//! flush telemetry.
 //! Exit status 64 on a bad setting, 1 if the server cannot start.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use wsmon::{config, shutdown, startup::Application, telemetry};
+use wsmon::telemetry::Telemetry;
+use wsmon::{config, shutdown, startup::Application};
 
 /// jemalloc, purging freed memory in a background thread: with glibc malloc, RSS stayed at its
 /// peak after thousands of connections closed; with this, it returns close to the baseline.
@@ -44,9 +46,15 @@ async fn main() -> ExitCode {
         println!("{}", config::to_toml(&settings));
         return ExitCode::SUCCESS;
     }
-    telemetry::init(&settings.log);
+    let telemetry = match Telemetry::init(&settings).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("wsmon: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let listen = settings.server.listen;
-    let app = match Application::build(settings).await {
+    let app = match Application::build(settings, telemetry.metrics.clone()).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(address = %listen, error = %e, "cannot start");
@@ -54,7 +62,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run_until_stopped(shutdown::signal()).await {
+    let served = app.run_until_stopped(shutdown::signal()).await;
+    telemetry.shutdown().await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

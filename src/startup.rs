@@ -13,11 +13,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::chat::session::MessageSampler;
 use crate::chat::Hub;
 use crate::config::{parse_proxies, Settings};
 use crate::http::ws::{self, ChatState};
 use crate::http::{monitoring_router, Monitoring, MonitoringSettings};
-use crate::monitor::Registry;
+use crate::monitor::{sampler, Registry, RegistryOptions};
+use crate::telemetry::metrics::MetricsHandle;
 
 /// A bound, ready-to-run server.
 pub struct Application {
@@ -25,29 +29,42 @@ pub struct Application {
     addr: SocketAddr,
     router: Router,
     registry: Registry,
+    prometheus: PrometheusHandle,
+    sample_every: Duration,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     grace: Duration,
 }
 
+/// How often histogram buckets are drained in the Prometheus recorder (its upkeep).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 impl Application {
-    /// Binds `settings.server.listen` and builds the routers. Settings must come from
-    /// [`crate::config::load`] (or be otherwise valid).
-    pub async fn build(settings: Settings) -> std::io::Result<Self> {
+    /// Binds `settings.server.listen` and builds the routers, recording into `metrics`.
+    /// Settings must come from [`crate::config::load`] (or be otherwise valid).
+    pub async fn build(settings: Settings, metrics: MetricsHandle) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.server.listen).await?;
         let addr = listener.local_addr()?;
-        let registry = Registry::new(settings.monitor.idle_after());
+        let registry = Registry::with_options(RegistryOptions {
+            idle_after: settings.monitor.idle_after(),
+            trace_url_template: settings.telemetry.trace_url_template.clone(),
+            metrics: metrics.metrics.clone(),
+        });
         let shutdown = CancellationToken::new();
         let sessions = TaskTracker::new();
         let trusted_proxies = parse_proxies(&settings.server.trusted_proxies)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let chat = ChatState {
             registry: registry.clone(),
-            hub: Hub::default(),
+            hub: Hub::new(metrics.metrics.clone()),
             websocket: Arc::new(settings.websocket.clone()),
             trusted_proxies: Arc::new(trusted_proxies),
             shutdown: shutdown.clone(),
             sessions: sessions.clone(),
+            message_spans: MessageSampler::new(
+                settings.telemetry.message_spans,
+                settings.telemetry.message_span_ratio,
+            ),
         };
         let monitoring = Monitoring::new(
             registry.clone(),
@@ -56,13 +73,16 @@ impl Application {
                 admin: settings.admin.clone(),
             },
             shutdown.clone(),
-        );
+        )
+        .with_prometheus(metrics.prometheus.clone());
         let router = ws::router(chat).merge(monitoring_router(monitoring));
         Ok(Self {
             listener,
             addr,
             router,
             registry,
+            prometheus: metrics.prometheus,
+            sample_every: Duration::from_millis(settings.monitor.sample_interval_ms),
             shutdown,
             sessions,
             grace: settings.shutdown.grace(),
@@ -99,10 +119,18 @@ impl Application {
             addr,
             router,
             registry,
+            prometheus,
+            sample_every,
             shutdown,
             sessions,
             grace,
         } = self;
+        tokio::spawn(sampler::run(
+            registry.clone(),
+            sample_every,
+            shutdown.clone(),
+        ));
+        tokio::spawn(upkeep(prometheus, shutdown.clone()));
         tracing::info!(address = %addr, "listening");
         tracing::info!("dashboard: http://{addr}/admin   stats: http://{addr}/ws-stats");
         tracing::info!("chat: connect a WebSocket client to ws://{addr}/ws/<client_id>");
@@ -141,6 +169,18 @@ impl Application {
                 tracing::warn!("HTTP connections still open at end of grace period");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Keeps the Prometheus recorder's histograms bounded (it is not installed globally, so nothing
+/// else runs its upkeep).
+async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use super::protocol;
 use crate::monitor::{CloseReason, ConnectionEntry};
+use crate::telemetry::metrics::Metrics;
 
 /// One message to fan out.
 #[derive(Debug, Clone)]
@@ -29,10 +31,17 @@ struct Member {
 }
 
 /// The set of chat members; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
     /// A std `RwLock`: held only for `try_send` loops and map updates, never across an await.
     members: Arc<RwLock<HashMap<Uuid, Member>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(Metrics::noop())
+    }
 }
 
 /// Membership of one connection; dropping it leaves the hub and tells the others.
@@ -44,6 +53,14 @@ pub struct Membership {
 }
 
 impl Hub {
+    /// An empty hub recording into `metrics` (fan-out duration, queue drops).
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            members: Arc::default(),
+            metrics,
+        }
+    }
+
     /// Joins `entry` with an outbound queue of `capacity` messages. From the moment this
     /// returns, the member receives every message published.
     pub fn join(
@@ -79,6 +96,7 @@ impl Hub {
     /// Offers `envelope` to every member without waiting. Members whose queue is full are
     /// asked to close as `slow_consumer`; returns how many members accepted it.
     pub fn publish(&self, envelope: Envelope) -> usize {
+        let started = Instant::now();
         let members = self.members.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
         for (id, member) in members.iter() {
@@ -88,11 +106,16 @@ impl Hub {
             match member.tx.try_send(envelope.text.clone()) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.send_queue_drops.increment(1);
                     member.entry.request_close(CloseReason::SlowConsumer);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        drop(members);
+        self.metrics
+            .fanout_duration
+            .record(started.elapsed().as_secs_f64());
         delivered
     }
 
@@ -115,9 +138,14 @@ impl Hub {
 }
 
 impl Membership {
-    /// Queues a message for this member only; `false` when its queue is full.
+    /// Queues a message for this member only; `false` (and a counted drop) when its queue
+    /// is full.
     pub fn send_own(&self, text: Utf8Bytes) -> bool {
-        self.tx.try_send(text).is_ok()
+        let queued = self.tx.try_send(text).is_ok();
+        if !queued {
+            self.hub.metrics.send_queue_drops.increment(1);
+        }
+        queued
     }
 
     /// The hub this membership belongs to.

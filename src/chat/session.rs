@@ -13,15 +13,42 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{Envelope, Membership};
 use super::protocol;
+use crate::config::MessageSpans;
 use crate::monitor::{CloseReason, ConnectionEntry, ConnectionGuard, Outcome};
+use crate::telemetry::{self, names::spans};
 
-/// Timing for one session.
+/// Timing and tracing policy for one session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     /// Longest a batch of writes may block before the client counts as a slow consumer.
     pub send_timeout: Duration,
     /// Longest the closing handshake may take.
     pub close_timeout: Duration,
+    pub message_spans: MessageSampler,
+}
+
+/// Which inbound messages get a `websocket.message` span: none, every `n`-th of a connection,
+/// or all. Deterministic and free of shared state, so it costs one modulo per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageSampler {
+    every: Option<u64>,
+}
+
+impl MessageSampler {
+    /// From the settings: `off`, `ratio` (every ⌈1/ratio⌉-th message) or `all`.
+    pub fn new(policy: MessageSpans, ratio: f64) -> Self {
+        let every = match policy {
+            MessageSpans::Off => None,
+            MessageSpans::All => Some(1),
+            MessageSpans::Ratio => Some((1.0 / ratio).ceil().max(1.0) as u64),
+        };
+        Self { every }
+    }
+
+    /// Whether the `n`-th message (1-based) of a connection is traced.
+    pub fn sample(self, n: u64) -> bool {
+        self.every.is_some_and(|every| n % every == 0)
+    }
 }
 
 /// Messages written per flush, at most.
@@ -54,7 +81,7 @@ pub async fn run<S, R>(
 {
     let entry = guard.entry().clone();
     let end = {
-        let read = read_loop(&mut stream, &entry, &membership);
+        let read = read_loop(&mut stream, &entry, &membership, limits.message_spans);
         tokio::pin!(read);
         let end = tokio::select! {
             end = &mut read => end,
@@ -109,15 +136,22 @@ pub async fn run<S, R>(
         },
     };
     guard.set_outcome(outcome);
-    drop(membership);
+    // The leave notice goes out inside the disconnect's cleanup span.
+    guard.attach(membership);
     drop(guard);
 }
 
-async fn read_loop<R>(stream: &mut R, entry: &ConnectionEntry, membership: &Membership) -> End
+async fn read_loop<R>(
+    stream: &mut R,
+    entry: &ConnectionEntry,
+    membership: &Membership,
+    sampler: MessageSampler,
+) -> End
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let client_id = &entry.info().client_id;
+    let connection = telemetry::spans::span_context(&tracing::Span::current());
     loop {
         let msg = match stream.next().await {
             None => return End::Gone,
@@ -127,6 +161,10 @@ where
         match msg {
             Message::Text(text) => {
                 entry.record_received(text.len());
+                let span = sampler
+                    .sample(entry.messages_received())
+                    .then(|| message_span(entry, text.len(), &connection));
+                let _in_span = span.as_ref().map(tracing::Span::enter);
                 if !membership.send_own(protocol::personal_reply(&text).into()) {
                     return End::Server(CloseReason::SlowConsumer);
                 }
@@ -171,6 +209,28 @@ where
             Ok(Ok(())) => sizes.into_iter().for_each(|n| entry.record_sent(n)),
         }
     }
+}
+
+/// A `websocket.message` span: its own trace (so a long connection's trace stays bounded),
+/// linked to the connection span.
+fn message_span(
+    entry: &ConnectionEntry,
+    size: usize,
+    connection: &opentelemetry::trace::SpanContext,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "wsmon",
+        parent: None,
+        "websocket.message",
+        otel.name = spans::MESSAGE,
+        otel.kind = "consumer",
+        connection.id = %entry.id(),
+        client.id = %entry.info().client_id,
+        messaging.message.body.size = size,
+        message.sequence = entry.messages_received(),
+    );
+    telemetry::spans::link(&span, connection.clone());
+    span
 }
 
 /// Maps a read error to how the connection ends.

@@ -132,7 +132,16 @@ pub fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
 }
 
 fn validate(s: &Settings) -> Result<(), (String, String)> {
-    let positive: [(&str, u64); 12] = [
+    let positive: [(&str, u64); 15] = [
+        ("monitor.sample_interval_ms", s.monitor.sample_interval_ms),
+        (
+            "telemetry.metrics_interval_ms",
+            s.telemetry.metrics_interval_ms,
+        ),
+        (
+            "telemetry.shutdown_timeout_ms",
+            s.telemetry.shutdown_timeout_ms,
+        ),
         (
             "websocket.max_message_size",
             s.websocket.max_message_size as u64,
@@ -196,6 +205,22 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
             "admin.table_rows".into(),
             "must not exceed monitor.page_max_limit".into(),
         ));
+    }
+    let t = &s.telemetry;
+    if !(t.message_span_ratio > 0.0 && t.message_span_ratio <= 1.0) {
+        return Err((
+            "telemetry.message_span_ratio".into(),
+            "must be greater than 0 and at most 1".into(),
+        ));
+    }
+    if !t.trace_url_template.is_empty() && !t.trace_url_template.contains("{trace_id}") {
+        return Err((
+            "telemetry.trace_url_template".into(),
+            "must contain {trace_id} (or be empty for no links)".into(),
+        ));
+    }
+    if t.service_name.trim().is_empty() {
+        return Err(("telemetry.service_name".into(), "must not be empty".into()));
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&s.log.level) {
         return Err(("log.level".into(), format!("not a valid filter: {e}")));

@@ -22,6 +22,7 @@ pub struct Settings {
     pub monitor: MonitorSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
 }
 
@@ -105,6 +106,8 @@ pub struct MonitorSettings {
     pub page_default_limit: usize,
     /// Largest `limit` accepted by `/api/v1/connections`.
     pub page_max_limit: usize,
+    /// How often the idle and queue-depth gauges are sampled (ms).
+    pub sample_interval_ms: u64,
 }
 
 impl Default for MonitorSettings {
@@ -114,6 +117,7 @@ impl Default for MonitorSettings {
             ws_stats_max_connections: 1_000,
             page_default_limit: 100,
             page_max_limit: 1_000,
+            sample_interval_ms: 5_000,
         }
     }
 }
@@ -171,6 +175,67 @@ impl Default for LogSettings {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Trace and metric export (OTLP), trace links, per-message spans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// OTLP endpoint; empty turns export off. `OTEL_EXPORTER_OTLP_ENDPOINT`, when set, wins.
+    pub otlp_endpoint: String,
+    /// OTLP protocol; `OTEL_EXPORTER_OTLP_PROTOCOL`, when set, wins.
+    pub otlp_protocol: OtlpProtocol,
+    /// `service.name`; `OTEL_SERVICE_NAME`, when set, wins.
+    pub service_name: String,
+    /// Export traces when an endpoint is set.
+    pub export_traces: bool,
+    /// Export metrics when an endpoint is set.
+    pub export_metrics: bool,
+    /// Interval between OTLP metric exports (ms).
+    pub metrics_interval_ms: u64,
+    /// Spans for single inbound messages: off, a sampled ratio, or all.
+    pub message_spans: MessageSpans,
+    /// With `message_spans = "ratio"`: the share of messages traced (0 < r <= 1).
+    pub message_span_ratio: f64,
+    /// Link to a trace in the trace UI; `{trace_id}` is replaced. Empty: no links.
+    pub trace_url_template: String,
+    /// Longest wait for the final telemetry flush at shutdown (ms).
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            otlp_protocol: OtlpProtocol::Grpc,
+            service_name: "wsmon".into(),
+            export_traces: true,
+            export_metrics: true,
+            metrics_interval_ms: 10_000,
+            message_spans: MessageSpans::Off,
+            message_span_ratio: 0.01,
+            trace_url_template: "http://localhost:16686/trace/{trace_id}".into(),
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Per-message span policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageSpans {
+    Off,
+    Ratio,
+    All,
 }
 
 /// Graceful shutdown.

@@ -87,10 +87,9 @@ fn update(m: &Monitoring) -> Update {
         })
         .map(|p| p.items)
         .unwrap_or_default();
-    let idle_after = m.registry.idle_after();
     Update {
         global_stats: m.registry.global_stats(),
-        connections: items.iter().map(|e| e.snapshot(idle_after)).collect(),
+        connections: items.iter().map(|e| m.registry.snapshot(e)).collect(),
     }
 }
 

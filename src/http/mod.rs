@@ -4,6 +4,7 @@
 //! - [`stats`]: `/ws-stats` and `/api/v1/connections`.
 //! - [`admin`]: the `/admin` dashboard and its live event stream.
 //! - [`health`]: `/healthz` and `/readyz`.
+//! - [`metrics`]: `/metrics` (Prometheus text).
 //! - [`client_addr`]: client address resolution behind trusted proxies.
 //!
 //! [`monitoring_router`] bundles everything but the chat, for any axum application that
@@ -12,12 +13,14 @@
 pub mod admin;
 pub mod client_addr;
 pub mod health;
+pub mod metrics;
 pub mod stats;
 pub mod ws;
 
 use std::sync::Arc;
 
 use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +36,8 @@ pub struct Monitoring {
     pub shutdown: CancellationToken,
     /// Permits for live dashboard streams (`admin.max_streams`).
     pub streams: Arc<Semaphore>,
+    /// Renders `/metrics`; `None` serves 404 there.
+    pub prometheus: Option<PrometheusHandle>,
 }
 
 /// The settings the monitoring routes read.
@@ -55,15 +60,23 @@ impl Monitoring {
             settings: Arc::new(settings),
             shutdown,
             streams,
+            prometheus: None,
         }
+    }
+
+    /// Serves `/metrics` from `handle`.
+    pub fn with_prometheus(mut self, handle: PrometheusHandle) -> Self {
+        self.prometheus = Some(handle);
+        self
     }
 }
 
-/// `/ws-stats`, `/api/v1/connections*`, `/admin*`, `/healthz`, `/readyz`.
+/// `/ws-stats`, `/api/v1/connections*`, `/admin*`, `/healthz`, `/readyz`, `/metrics`.
 pub fn monitoring_router(monitoring: Monitoring) -> Router {
     Router::new()
         .merge(stats::routes())
         .merge(admin::routes())
         .merge(health::routes())
+        .merge(metrics::routes())
         .with_state(monitoring)
 }

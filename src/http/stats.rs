@@ -44,10 +44,9 @@ async fn ws_stats(State(m): State<Monitoring>) -> Result<Json<WsStats>, ApiError
             ..PageRequest::default()
         })
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let idle_after = m.registry.idle_after();
     Ok(Json(WsStats {
         global_stats: m.registry.global_stats(),
-        connections: page.items.iter().map(|e| e.snapshot(idle_after)).collect(),
+        connections: page.items.iter().map(|e| m.registry.snapshot(e)).collect(),
         connections_truncated: page.next_cursor.is_some(),
     }))
 }
@@ -94,9 +93,8 @@ async fn list(
         .registry
         .page(&request)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let idle_after = m.registry.idle_after();
     Ok(Json(ConnectionPage {
-        connections: page.items.iter().map(|e| e.snapshot(idle_after)).collect(),
+        connections: page.items.iter().map(|e| m.registry.snapshot(e)).collect(),
         next_cursor: page.next_cursor,
         active_connections: m.registry.active(),
     }))
@@ -116,7 +114,7 @@ async fn show(
         .registry
         .get(id)
         .ok_or_else(|| ApiError::NotFound(format!("no live connection {id}")))?;
-    Ok(Json(entry.snapshot(m.registry.idle_after())))
+    Ok(Json(m.registry.snapshot(&entry)))
 }
 
 /// Asks the connection to close as `admin_kick`; 202 once requested (the close is asynchronous).

@@ -17,12 +17,15 @@ use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
 
 use super::client_addr;
-use crate::chat::session::{self, SessionLimits};
+use crate::chat::session::{self, MessageSampler, SessionLimits};
 use crate::chat::Hub;
 use crate::config::WebSocketSettings;
 use crate::error::ApiError;
 use crate::monitor::{client_id, ConnectionInfo, Registry, RejectReason};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::telemetry;
 
 /// What the chat route needs; cheap to clone.
 #[derive(Clone)]
@@ -34,12 +37,17 @@ pub struct ChatState {
     pub shutdown: CancellationToken,
     /// Tracks every session so shutdown can wait for them (bounded by the grace period).
     pub sessions: TaskTracker,
+    /// Which inbound messages get their own span.
+    pub message_spans: MessageSampler,
 }
+
+/// The route template of the chat.
+pub const ROUTE: &str = "/ws/{client_id}";
 
 /// The chat route, with its state applied.
 pub fn router(state: ChatState) -> Router {
     Router::new()
-        .route("/ws/{client_id}", get(upgrade))
+        .route(ROUTE, get(upgrade))
         .route("/ws/", get(empty_client_id))
         .with_state(state)
 }
@@ -98,20 +106,19 @@ async fn upgrade(
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        route: Some(ROUTE),
     };
-    let guard = state.registry.register(info);
+    let parent = telemetry::spans::remote_parent(&headers);
+    let guard = state.registry.register_traced(info, parent);
     let (membership, outbound) = state
         .hub
         .join(guard.entry().clone(), ws_settings.outbound_queue);
-    tracing::info!(
-        connection.id = %guard.entry().id(),
-        client.id = %guard.entry().info().client_id,
-        client.address = ?guard.entry().info().address,
-        "connection opened"
-    );
+    let span = guard.span().clone();
+    span.in_scope(|| tracing::info!(target: "wsmon", "connection accepted"));
     let limits = SessionLimits {
         send_timeout: ws_settings.send_timeout(),
         close_timeout: ws_settings.close_timeout(),
+        message_spans: state.message_spans,
     };
     let shutdown = state.shutdown.clone();
     let token = state.sessions.token();
@@ -121,16 +128,13 @@ async fn upgrade(
         .max_write_buffer_size(ws_settings.max_write_buffer_size)
         .max_message_size(ws_settings.max_message_size)
         .max_frame_size(ws_settings.max_frame_size)
-        .on_upgrade(move |socket| async move {
-            let _token = token;
-            session::run(
-                socket.split(),
-                guard,
-                membership,
-                outbound,
-                shutdown,
-                limits,
-            )
-            .await;
+        .on_upgrade(move |socket| {
+            async move {
+                let _token = token;
+                guard.opened();
+                let halves = socket.split();
+                session::run(halves, guard, membership, outbound, shutdown, limits).await;
+            }
+            .instrument(span)
         }))
 }

@@ -94,12 +94,28 @@ impl CloseReason {
         self as usize
     }
 
-    /// Whether this is an expected, orderly end (used for error status on spans and alerts).
+    /// Whether this is an orderly end: the close span's status is ERROR for every other reason.
     pub fn is_normal(self) -> bool {
         matches!(
             self,
-            CloseReason::ClientClosed | CloseReason::AdminKick | CloseReason::ServerShutdown
+            CloseReason::ClientClosed
+                | CloseReason::AdminKick
+                | CloseReason::ServerShutdown
+                | CloseReason::IdleTimeout
         )
+    }
+
+    /// The `error.type` counted by `websocket.server.errors`, for reasons that are errors
+    /// (bad input or a server bug); policy closes and vanished clients are not.
+    pub const fn error_type(self) -> Option<&'static str> {
+        match self {
+            CloseReason::ClientProtocolError => Some("protocol_error"),
+            CloseReason::InvalidPayload => Some("invalid_utf8"),
+            CloseReason::UnsupportedData => Some("unsupported_data"),
+            CloseReason::MessageTooBig => Some("message_too_big"),
+            CloseReason::InternalError => Some("internal"),
+            _ => None,
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub struct ConnectionInfo {
     pub address: Option<IpAddr>,
     /// The `User-Agent` header, truncated to [`MAX_USER_AGENT`] bytes.
     pub user_agent: Option<String>,
+    /// The HTTP route template that accepted the connection (e.g. `/ws/{client_id}`).
+    pub route: Option<&'static str>,
 }
 
 impl ConnectionInfo {
@@ -31,6 +33,7 @@ impl ConnectionInfo {
             client_id: client_id.into(),
             address: None,
             user_agent: None,
+            route: None,
         }
     }
 }
@@ -120,6 +123,8 @@ impl ConnectionEntry {
         self.last_message_us.store(now, Relaxed);
         self.totals.messages_received.fetch_add(1, Relaxed);
         self.totals.bytes_received.fetch_add(bytes as u64, Relaxed);
+        self.totals.metrics.messages_received.increment(1);
+        self.totals.metrics.message_size.record(bytes as f64);
     }
 
     /// Records one frame written to the client (`bytes` of payload).
@@ -129,6 +134,7 @@ impl ConnectionEntry {
         self.last_activity_us.store(now_us(), Relaxed);
         self.totals.messages_sent.fetch_add(1, Relaxed);
         self.totals.bytes_sent.fetch_add(bytes as u64, Relaxed);
+        self.totals.metrics.messages_sent.increment(1);
     }
 
     /// Asks the connection's task to close with `reason`. The first request wins; returns
@@ -164,6 +170,11 @@ impl ConnectionEntry {
     /// Current outbound queue depth, or 0 when no queue is attached.
     pub fn queue_depth(&self) -> usize {
         self.queue_probe.get().map_or(0, |p| p())
+    }
+
+    /// The trace id, once telemetry has assigned one.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.get().map(String::as_str)
     }
 
     /// Sets the trace id shown in the stats (once; telemetry fills it in).
@@ -221,6 +232,7 @@ impl ConnectionEntry {
             idle_seconds,
             queue_depth: self.queue_depth(),
             trace_id: self.trace_id.get().cloned().unwrap_or_default(),
+            trace_url: String::new(),
             closing: self.requested_close().map(CloseReason::as_str),
         }
     }
@@ -246,8 +258,10 @@ pub struct ConnectionSnapshot {
     /// Seconds since the last message from the client.
     pub idle_seconds: f64,
     pub queue_depth: usize,
-    /// Empty until telemetry assigns one.
+    /// The connection's trace id; empty when tracing export is off.
     pub trace_id: String,
+    /// Link to the trace (`telemetry.trace_url_template`); empty without a trace id.
+    pub trace_url: String,
     /// The close reason already requested for this connection, if any.
     pub closing: Option<&'static str>,
 }

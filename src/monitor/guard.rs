@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::close::CloseReason;
 use super::entry::ConnectionEntry;
 use super::registry::Registry;
+use crate::telemetry::{self, names::spans};
 
 /// How a connection ended, as recorded by its owner just before the guard drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,19 +30,56 @@ impl Outcome {
     }
 }
 
-/// Keeps a connection in the registry; dropping it releases the connection exactly once.
+/// Keeps a connection in the registry; dropping it releases the connection exactly once,
+/// inside a `websocket.close` span (with a `websocket.cleanup` child around the release work).
 pub struct ConnectionGuard {
     registry: Registry,
     entry: Arc<ConnectionEntry>,
     outcome: Option<Outcome>,
+    span: tracing::Span,
+    /// Values whose drop is part of the cleanup (e.g. the chat membership and its leave
+    /// notice); dropped inside the cleanup span, before the registry release.
+    attachments: Vec<Box<dyn Send>>,
 }
 
 impl ConnectionGuard {
-    pub(super) fn new(registry: Registry, entry: Arc<ConnectionEntry>) -> Self {
+    pub(super) fn new(
+        registry: Registry,
+        entry: Arc<ConnectionEntry>,
+        parent: Option<opentelemetry::Context>,
+    ) -> Self {
+        let info = entry.info();
+        let span = tracing::info_span!(
+            target: "wsmon",
+            "websocket.connection",
+            otel.name = spans::CONNECTION,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            connection.id = %entry.id(),
+            client.id = %info.client_id,
+            client.address = info.address.map(|a| a.to_string()),
+            user_agent.original = info.user_agent.as_deref(),
+            http.route = info.route,
+            network.protocol.name = "websocket",
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            close.reason = tracing::field::Empty,
+            close.initiator = tracing::field::Empty,
+            close.code_sent = tracing::field::Empty,
+            close.code_received = tracing::field::Empty,
+        );
+        if let Some(parent) = parent {
+            telemetry::spans::set_parent(&span, parent);
+        }
+        if let Some(trace_id) = telemetry::spans::record_ids(&span) {
+            entry.set_trace_id(trace_id);
+        }
         Self {
             registry,
             entry,
             outcome: None,
+            span,
+            attachments: Vec::new(),
         }
     }
 
@@ -50,9 +88,37 @@ impl ConnectionGuard {
         &self.entry
     }
 
+    /// The connection span. Run the connection's task inside it (`.instrument(span)`): log
+    /// lines then carry its ids, and span events stay bounded by the SDK's per-span limit.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Records that the connection is established: a short `websocket.open` span that ends at
+    /// once, so the connection shows up in the trace UI within seconds, not when it ends.
+    pub fn opened(&self) {
+        let open = tracing::info_span!(
+            target: "wsmon",
+            parent: &self.span,
+            "websocket.open",
+            otel.name = spans::OPEN,
+            connection.id = %self.entry.id(),
+            client.id = %self.entry.info().client_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        telemetry::spans::record_ids(&open);
+        open.in_scope(|| tracing::debug!(target: "wsmon", "connection open"));
+    }
+
     /// Records how the connection ended; the last call before drop wins.
     pub fn set_outcome(&mut self, outcome: Outcome) {
         self.outcome = Some(outcome);
+    }
+
+    /// Makes dropping `value` part of this connection's cleanup.
+    pub fn attach<T: Send + 'static>(&mut self, value: T) {
+        self.attachments.push(Box::new(value));
     }
 
     /// The outcome the guard will record if dropped now. Without an explicit outcome:
@@ -79,31 +145,53 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let outcome = self.effective_outcome();
-        self.registry.release(&self.entry, outcome.reason);
+        let reason = outcome.reason;
+        let status = if reason.is_normal() { "OK" } else { "ERROR" };
         let (bytes_in, bytes_out) = self.entry.bytes();
-        let level_is_error = outcome.reason == CloseReason::InternalError;
-        macro_rules! disconnect_event {
-            ($lvl:ident) => {
-                tracing::$lvl!(
-                    connection.id = %self.entry.id(),
-                    client.id = %self.entry.info().client_id,
-                    close.reason = outcome.reason.as_str(),
-                    close.initiator = outcome.reason.initiator().as_str(),
-                    close.code_sent = outcome.code_sent,
-                    close.code_received = outcome.code_received,
-                    duration_s = self.entry.age().as_secs_f64(),
-                    messages.received = self.entry.messages_received(),
-                    messages.sent = self.entry.messages_sent(),
-                    bytes.received = bytes_in,
-                    bytes.sent = bytes_out,
-                    "connection closed"
-                )
-            };
+        let close = tracing::info_span!(
+            target: "wsmon",
+            parent: &self.span,
+            "websocket.close",
+            otel.name = spans::CLOSE,
+            otel.status_code = status,
+            connection.id = %self.entry.id(),
+            client.id = %self.entry.info().client_id,
+            close.reason = reason.as_str(),
+            close.initiator = reason.initiator().as_str(),
+            close.code_sent = outcome.code_sent,
+            close.code_received = outcome.code_received,
+            connection.duration_s = self.entry.age().as_secs_f64(),
+            messages.received = self.entry.messages_received(),
+            messages.sent = self.entry.messages_sent(),
+            bytes.received = bytes_in,
+            bytes.sent = bytes_out,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        telemetry::spans::record_ids(&close);
+        for (field, value) in [
+            ("close.reason", reason.as_str()),
+            ("close.initiator", reason.initiator().as_str()),
+            ("otel.status_code", status),
+        ] {
+            self.span.record(field, value);
         }
-        if level_is_error {
-            disconnect_event!(error);
+        if let Some(code) = outcome.code_sent {
+            self.span.record("close.code_sent", code);
+        }
+        if let Some(code) = outcome.code_received {
+            self.span.record("close.code_received", code);
+        }
+        let _in_close = close.enter();
+        tracing::info_span!(target: "wsmon", "websocket.cleanup", otel.name = spans::CLEANUP)
+            .in_scope(|| {
+                self.attachments.clear();
+                self.registry.release(&self.entry, reason);
+            });
+        if reason == CloseReason::InternalError {
+            tracing::error!(target: "wsmon", "connection closed");
         } else {
-            disconnect_event!(info);
+            tracing::info!(target: "wsmon", "connection closed");
         }
     }
 }

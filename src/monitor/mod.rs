@@ -6,14 +6,16 @@
 //! - [`registry`]: the index of live connections, totals, paging.
 //! - [`guard`]: the RAII guard that releases a connection exactly once.
 //! - [`client_id`]: validation of client-chosen ids.
+//! - [`sampler`]: the periodic idle and queue-depth gauges.
 
 pub mod client_id;
 pub mod close;
 pub mod entry;
 pub mod guard;
 pub mod registry;
+pub mod sampler;
 
 pub use close::{CloseReason, Initiator, RejectReason};
 pub use entry::{ConnectionEntry, ConnectionInfo, ConnectionSnapshot};
 pub use guard::{ConnectionGuard, Outcome};
-pub use registry::{GlobalStats, Page, PageRequest, Registry, SortKey};
+pub use registry::{GlobalStats, Page, PageRequest, Registry, RegistryOptions, SortKey};

@@ -16,11 +16,11 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::close::{CloseReason, RejectReason};
-use super::entry::{ConnectionEntry, ConnectionInfo};
+use super::entry::{ConnectionEntry, ConnectionInfo, ConnectionSnapshot};
 use super::guard::ConnectionGuard;
+use crate::telemetry::metrics::Metrics;
 
-/// Server-wide counters, updated lock-free.
-#[derive(Debug, Default)]
+/// Server-wide counters, updated lock-free, and the metric handles they mirror.
 pub struct Totals {
     pub(crate) total_connections: AtomicU64,
     pub(crate) active_connections: AtomicU64,
@@ -30,6 +30,33 @@ pub struct Totals {
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) disconnects: [AtomicU64; CloseReason::ALL.len()],
     pub(crate) rejections: [AtomicU64; RejectReason::ALL.len()],
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Totals {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            total_connections: AtomicU64::default(),
+            active_connections: AtomicU64::default(),
+            messages_received: AtomicU64::default(),
+            messages_sent: AtomicU64::default(),
+            bytes_received: AtomicU64::default(),
+            bytes_sent: AtomicU64::default(),
+            disconnects: Default::default(),
+            rejections: Default::default(),
+            metrics,
+        }
+    }
+}
+
+/// How a registry reports: idle threshold, trace links, metric handles.
+#[derive(Clone)]
+pub struct RegistryOptions {
+    /// Connections with no client message for this long are flagged idle.
+    pub idle_after: Duration,
+    /// Link template with `{trace_id}`; empty for none.
+    pub trace_url_template: String,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -46,6 +73,7 @@ pub struct Registry {
     index: Arc<Mutex<Index>>,
     totals: Arc<Totals>,
     idle_after: Duration,
+    trace_url_template: Arc<str>,
 }
 
 /// Orderings offered by [`Registry::page`].
@@ -104,13 +132,40 @@ pub struct GlobalStats {
 const SCAN_CHUNK: usize = 1024;
 
 impl Registry {
-    /// An empty registry; connections idle longer than `idle_after` are flagged idle.
+    /// An empty registry without metrics or trace links; connections idle longer than
+    /// `idle_after` are flagged idle.
     pub fn new(idle_after: Duration) -> Self {
+        Self::with_options(RegistryOptions {
+            idle_after,
+            trace_url_template: String::new(),
+            metrics: Metrics::noop(),
+        })
+    }
+
+    /// An empty registry.
+    pub fn with_options(options: RegistryOptions) -> Self {
         Self {
             index: Arc::default(),
-            totals: Arc::default(),
-            idle_after,
+            totals: Arc::new(Totals::new(options.metrics)),
+            idle_after: options.idle_after,
+            trace_url_template: options.trace_url_template.into(),
         }
+    }
+
+    /// The metric handles this registry records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.totals.metrics
+    }
+
+    /// A snapshot of `entry` for the APIs, with its idle flag and trace link.
+    pub fn snapshot(&self, entry: &ConnectionEntry) -> ConnectionSnapshot {
+        let mut snapshot = entry.snapshot(self.idle_after);
+        if !snapshot.trace_id.is_empty() && !self.trace_url_template.is_empty() {
+            snapshot.trace_url = self
+                .trace_url_template
+                .replace("{trace_id}", &snapshot.trace_id);
+        }
+        snapshot
     }
 
     /// The idle threshold snapshots use.
@@ -126,6 +181,16 @@ impl Registry {
 
     /// Registers a connection; it stays listed until the returned guard drops.
     pub fn register(&self, info: ConnectionInfo) -> ConnectionGuard {
+        self.register_traced(info, None)
+    }
+
+    /// Registers a connection whose span continues the trace of `parent` (e.g. from an
+    /// inbound `traceparent`).
+    pub fn register_traced(
+        &self,
+        info: ConnectionInfo,
+        parent: Option<opentelemetry::Context>,
+    ) -> ConnectionGuard {
         let mut index = self.lock();
         let seq = index.next_seq;
         index.next_seq += 1;
@@ -137,7 +202,10 @@ impl Registry {
         drop(index);
         self.totals.total_connections.fetch_add(1, Relaxed);
         self.totals.active_connections.fetch_add(1, Relaxed);
-        ConnectionGuard::new(self.clone(), entry)
+        let metrics = &self.totals.metrics;
+        metrics.connections_opened.increment(1);
+        metrics.active_connections.increment(1.0);
+        ConnectionGuard::new(self.clone(), entry, parent)
     }
 
     /// Removes an entry and counts its close reason; called once, by the guard.
@@ -157,11 +225,19 @@ impl Registry {
         drop(index);
         self.totals.active_connections.fetch_sub(1, Relaxed);
         self.totals.disconnects[reason.index()].fetch_add(1, Relaxed);
+        let metrics = &self.totals.metrics;
+        metrics.active_connections.decrement(1.0);
+        metrics.connections_closed[reason.index()].increment(1);
+        metrics.connection_duration[reason.index()].record(entry.age().as_secs_f64());
+        if let Some(errors) = &metrics.errors[reason.index()] {
+            errors.increment(1);
+        }
     }
 
     /// Counts an upgrade refused before a connection existed.
     pub fn record_rejection(&self, reason: RejectReason) {
         self.totals.rejections[reason.index()].fetch_add(1, Relaxed);
+        self.totals.metrics.rejections[reason.index()].increment(1);
     }
 
     /// Live connections right now.

@@ -1,17 +1,44 @@
-//! Logging setup: `RUST_LOG`-style filtering, human text on a terminal or JSON lines.
-//! (Trace and metric export plug in here as further layers.)
+//! Telemetry: logs (`RUST_LOG`-style filter, text or JSON), traces and metrics over OTLP when an
+//! endpoint is configured, Prometheus text always.
+//!
+//! - [`names`]: every metric, span and attribute name, once.
+//! - [`metrics`]: the metric handles and their recorder (Prometheus + OpenTelemetry bridge).
+//! - [`traces`]: OTLP pipelines, resource, the `OTEL_*` environment.
+//! - [`export`]: export-health counters and throttled failure logs.
+//! - [`spans`]: helpers that tie `tracing` spans to OpenTelemetry trace ids.
+
+pub mod export;
+pub mod metrics;
+pub mod names;
+mod otel_bridge;
+pub mod spans;
+pub mod traces;
 
 use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing::Subscriber;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::{EnvFilter, Registry};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::{LogFormat, LogSettings};
+use self::metrics::MetricsHandle;
+pub use self::traces::ExportError;
+use crate::config::{LogFormat, LogSettings, Settings};
 
-/// A subscriber writing to `sink`; `RUST_LOG`, when set, overrides `settings.level`.
-pub fn get_subscriber<W>(settings: &LogSettings, sink: W) -> Box<dyn Subscriber + Send + Sync>
+/// A subscriber writing logs to `sink` and, given a tracer, spans of wsmon's own targets to
+/// OpenTelemetry (`hyper`, `h2`, `tonic`, `reqwest` never: no telemetry about telemetry).
+/// `RUST_LOG`, when set, overrides `settings.level` for logs; it does not change what is traced.
+pub fn get_subscriber<W>(
+    settings: &LogSettings,
+    tracer: Option<SdkTracer>,
+    sink: W,
+) -> Box<dyn Subscriber + Send + Sync>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -19,29 +46,138 @@ where
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(&settings.level));
-    let base = Registry::default().with(filter);
-    match settings.format {
-        LogFormat::Text => Box::new(
-            base.with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::stdout().is_terminal())
-                    .with_writer(sink),
-            ),
-        ),
-        LogFormat::Json => Box::new(
-            base.with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(sink),
-            ),
-        ),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(sink);
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match settings.format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_filter(filter)
+            .boxed(),
+    }];
+    if let Some(tracer) = tracer {
+        let traced = Targets::new().with_target("wsmon", tracing::Level::INFO);
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(traced)
+                .boxed(),
+        );
     }
+    Box::new(Registry::default().with(layers))
 }
 
-/// Installs the global subscriber (stdout). A second call is ignored.
+/// Installs `subscriber` globally; a second call is ignored (tests install once per process).
+pub fn install(subscriber: Box<dyn Subscriber + Send + Sync>) {
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// Installs logging only (stdout), for tools and examples.
 pub fn init(settings: &LogSettings) {
-    let _ = tracing::subscriber::set_global_default(get_subscriber(settings, std::io::stdout));
+    install(get_subscriber(settings, None, std::io::stdout));
+}
+
+/// The process's telemetry: metric handles, and the OTLP providers when exporting.
+/// [`Telemetry::shutdown`] flushes them within `telemetry.shutdown_timeout_ms`.
+pub struct Telemetry {
+    pub metrics: MetricsHandle,
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+    shutdown_timeout: Duration,
+}
+
+impl Telemetry {
+    /// Metrics for `/metrics` only: no export, no subscriber changes (what tests use).
+    pub fn disabled() -> Self {
+        Self {
+            metrics: metrics::build(None),
+            tracer_provider: None,
+            meter_provider: None,
+            shutdown_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Builds the pipelines the settings and `OTEL_*` environment ask for and installs the
+    /// global subscriber (logs, plus traces when exporting). Errors are configuration errors.
+    pub async fn init(settings: &Settings) -> Result<Self, ExportError> {
+        let export = traces::export_from_env(&settings.telemetry)?;
+        let t = settings.telemetry.clone();
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        // The HTTP exporter builds a blocking client: not allowed on an async worker thread.
+        let built = tokio::task::spawn_blocking(move || -> Result<_, ExportError> {
+            let Some(export) = export else {
+                return Ok((metrics::build(None), None, None));
+            };
+            let resource = traces::resource(&t, &instance_id);
+            let late = Arc::new(OnceLock::new());
+            let meter = t
+                .export_metrics
+                .then(|| {
+                    let interval = Duration::from_millis(t.metrics_interval_ms);
+                    traces::meter_provider(&export, resource.clone(), interval, late.clone())
+                })
+                .transpose()?;
+            let handle = metrics::build(meter.as_ref());
+            let _ = late.set(handle.metrics.clone());
+            let tracer = t
+                .export_traces
+                .then(|| traces::tracer_provider(&export, resource, handle.metrics.clone()))
+                .transpose()?;
+            Ok((handle, tracer, meter))
+        })
+        .await
+        .map_err(|e| ExportError(format!("telemetry setup failed: {e}")))??;
+        let (metrics, tracer_provider, meter_provider) = built;
+        let tracer = tracer_provider.as_ref().map(|p| p.tracer("wsmon"));
+        install(get_subscriber(&settings.log, tracer, std::io::stdout));
+        if tracer_provider.is_some() || meter_provider.is_some() {
+            tracing::info!(
+                traces = tracer_provider.is_some(),
+                metrics = meter_provider.is_some(),
+                "OTLP export on"
+            );
+        }
+        Ok(Self {
+            metrics,
+            tracer_provider,
+            meter_provider,
+            shutdown_timeout: Duration::from_millis(settings.telemetry.shutdown_timeout_ms),
+        })
+    }
+
+    /// Whether spans are exported.
+    pub fn tracing(&self) -> bool {
+        self.tracer_provider.is_some()
+    }
+
+    /// Flushes and stops the exporters, waiting at most the configured timeout. The work runs
+    /// on its own OS thread (the SDK's shutdown blocks, and must not block the runtime); if the
+    /// collector never answers, that thread is abandoned and the process exits anyway.
+    pub async fn shutdown(self) {
+        if self.tracer_provider.is_none() && self.meter_provider.is_none() {
+            return;
+        }
+        let timeout = self.shutdown_timeout;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let (tracer, meter) = (self.tracer_provider, self.meter_provider);
+        std::thread::spawn(move || {
+            let traces = tracer.map(|p| p.shutdown_with_timeout(timeout));
+            let metrics = meter.map(|p| p.shutdown_with_timeout(timeout));
+            let _ = done.send((traces, metrics));
+        });
+        match tokio::time::timeout(timeout, finished).await {
+            Ok(Ok((traces, metrics))) => {
+                tracing::info!(traces = ?traces, metrics = ?metrics, "telemetry flushed")
+            }
+            _ => tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "telemetry flush did not finish in time; exiting without it"
+            ),
+        }
+    }
 }

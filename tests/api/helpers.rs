@@ -47,7 +47,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.shutdown.grace_ms = 2_000;
     configure(&mut settings);
-    let app = Application::build(settings).await.expect("server binds");
+    let app = Application::build(settings, wsmon::telemetry::metrics::build(None))
+        .await
+        .expect("server binds");
     let addr = app.local_addr();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));

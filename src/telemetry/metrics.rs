@@ -1,0 +1,184 @@
+//! [`Metrics`]: every metric handle wsmon records into, registered once at startup (so every
+//! documented series exists from the start, and the hot path never looks a name up).
+//!
+//! Recorded through the `metrics` facade into one recorder per application: Prometheus text for
+//! `/metrics` always, fanned out to the OpenTelemetry bridge when OTLP metrics are on.
+
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::metrics::MeterProvider;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+use super::names::{self, Kind};
+use super::otel_bridge::OtelBridge;
+use crate::monitor::{CloseReason, RejectReason};
+
+/// Signals whose export is counted.
+#[derive(Debug, Clone, Copy)]
+pub enum Signal {
+    Traces = 0,
+    Metrics = 1,
+}
+
+/// Span lifecycle outcomes counted by `websocket.server.telemetry.spans`.
+#[derive(Debug, Clone, Copy)]
+pub enum SpanOutcome {
+    Ended = 0,
+    Exported = 1,
+    Failed = 2,
+}
+
+/// The handles. Cheap to share (`Arc`); every field is a bounded label set.
+pub struct Metrics {
+    pub active_connections: Gauge,
+    pub connections_opened: Counter,
+    /// Indexed by [`CloseReason::index`].
+    pub connections_closed: Vec<Counter>,
+    /// Indexed by [`CloseReason::index`].
+    pub connection_duration: Vec<Histogram>,
+    pub messages_received: Counter,
+    pub messages_sent: Counter,
+    pub message_size: Histogram,
+    pub fanout_duration: Histogram,
+    pub send_queue_messages: Gauge,
+    pub send_queue_drops: Counter,
+    pub idle_connections: Gauge,
+    /// Indexed by [`RejectReason::index`].
+    pub rejections: Vec<Counter>,
+    /// Indexed by [`CloseReason::index`]; present only for reasons with an error type.
+    pub errors: Vec<Option<Counter>>,
+    /// `[signal][0 = success, 1 = failure]`.
+    pub telemetry_exports: [[Counter; 2]; 2],
+    /// Indexed by [`SpanOutcome`].
+    pub telemetry_spans: [Counter; 3],
+}
+
+/// Where `/metrics` text comes from, plus the handles.
+#[derive(Clone)]
+pub struct MetricsHandle {
+    pub metrics: Arc<Metrics>,
+    pub prometheus: PrometheusHandle,
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, *v)).collect();
+    Key::from_parts(name, labels)
+}
+
+impl Metrics {
+    /// Handles that record nothing (for a registry used without telemetry).
+    pub fn noop() -> Arc<Self> {
+        Arc::new(Self::register(&metrics::NoopRecorder))
+    }
+
+    /// Describes and registers every metric of [`names::METRICS`] on `recorder`.
+    pub fn register(recorder: &dyn Recorder) -> Self {
+        for def in names::METRICS {
+            let (unit, text) = (Some(def.unit), def.description.into());
+            match def.kind {
+                Kind::Counter => recorder.describe_counter(def.name.into(), unit, text),
+                Kind::Gauge => recorder.describe_gauge(def.name.into(), unit, text),
+                Kind::Histogram => recorder.describe_histogram(def.name.into(), unit, text),
+            }
+        }
+        let meta = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+        let counter = |name, labels: &[(&'static str, &'static str)]| {
+            recorder.register_counter(&key(name, labels), &meta)
+        };
+        let gauge = |name| recorder.register_gauge(&key(name, &[]), &meta);
+        let histogram = |name, labels: &[(&'static str, &'static str)]| {
+            recorder.register_histogram(&key(name, labels), &meta)
+        };
+        let by_reason = |r: &CloseReason| {
+            [
+                (names::CLOSE_REASON, r.as_str()),
+                (names::CLOSE_INITIATOR, r.initiator().as_str()),
+            ]
+        };
+        let exports = |signal: &'static str| {
+            [
+                counter(
+                    names::TELEMETRY_EXPORTS,
+                    &[(names::SIGNAL, signal), (names::OUTCOME, "success")],
+                ),
+                counter(
+                    names::TELEMETRY_EXPORTS,
+                    &[(names::SIGNAL, signal), (names::OUTCOME, "failure")],
+                ),
+            ]
+        };
+        Self {
+            active_connections: gauge(names::ACTIVE_CONNECTIONS),
+            connections_opened: counter(names::CONNECTIONS_OPENED, &[]),
+            connections_closed: CloseReason::ALL
+                .iter()
+                .map(|r| counter(names::CONNECTIONS_CLOSED, &by_reason(r)))
+                .collect(),
+            connection_duration: CloseReason::ALL
+                .iter()
+                .map(|r| histogram(names::CONNECTION_DURATION, &by_reason(r)))
+                .collect(),
+            messages_received: counter(names::MESSAGES, &[(names::DIRECTION, "received")]),
+            messages_sent: counter(names::MESSAGES, &[(names::DIRECTION, "sent")]),
+            message_size: histogram(names::MESSAGE_SIZE, &[]),
+            fanout_duration: histogram(names::FANOUT_DURATION, &[]),
+            send_queue_messages: gauge(names::SEND_QUEUE_MESSAGES),
+            send_queue_drops: counter(names::SEND_QUEUE_DROPS, &[]),
+            idle_connections: gauge(names::IDLE_CONNECTIONS),
+            rejections: RejectReason::ALL
+                .iter()
+                .map(|r| counter(names::REJECTIONS, &[(names::REJECTION_REASON, r.as_str())]))
+                .collect(),
+            errors: CloseReason::ALL
+                .iter()
+                .map(|r| {
+                    r.error_type()
+                        .map(|t| counter(names::ERRORS, &[(names::ERROR_TYPE, t)]))
+                })
+                .collect(),
+            telemetry_exports: [exports("traces"), exports("metrics")],
+            telemetry_spans: ["ended", "exported", "failed"]
+                .map(|o| counter(names::TELEMETRY_SPANS, &[(names::OUTCOME, o)])),
+        }
+    }
+
+    /// Counts one export call.
+    pub fn export(&self, signal: Signal, ok: bool) {
+        self.telemetry_exports[signal as usize][usize::from(!ok)].increment(1);
+    }
+
+    /// Counts spans reaching a lifecycle point.
+    pub fn spans(&self, outcome: SpanOutcome, n: u64) {
+        self.telemetry_spans[outcome as usize].increment(n);
+    }
+}
+
+/// Builds the recorder (Prometheus, plus the OpenTelemetry bridge when `meter_provider` is
+/// given) and registers every handle.
+pub fn build(meter_provider: Option<&SdkMeterProvider>) -> MetricsHandle {
+    let mut builder = PrometheusBuilder::new().with_recommended_naming(true);
+    for def in names::METRICS.iter().filter(|d| d.kind == Kind::Histogram) {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(def.name.into()), def.buckets)
+            .expect("histogram buckets are non-empty");
+    }
+    let prometheus = builder.build_recorder();
+    let handle = prometheus.handle();
+    let metrics = match meter_provider {
+        None => Metrics::register(&prometheus),
+        Some(provider) => {
+            let bridge = OtelBridge::new(provider.meter("wsmon"));
+            let fanout = metrics_util::layers::FanoutBuilder::default()
+                .add_recorder(prometheus)
+                .add_recorder(bridge)
+                .build();
+            Metrics::register(&fanout)
+        }
+    };
+    MetricsHandle {
+        metrics: Arc::new(metrics),
+        prometheus: handle,
+    }
+}

@@ -1,0 +1,177 @@
+//! The OTLP pipelines: resource, span exporter and batch processor, metric exporter and
+//! periodic reader, chosen from settings and the standard `OTEL_*` environment.
+//!
+//! Bounds: the batch span processor queues at most `OTEL_BSP_MAX_QUEUE_SIZE` spans (2,048 by
+//! default; beyond that spans are dropped and counted); each span keeps at most 128 events,
+//! 128 attributes and 128 links (SDK limits); an export waits at most `OTEL_EXPORTER_OTLP_TIMEOUT`
+//! (10 s by default).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+
+use super::export::{CountingMetricExporter, CountingProcessor, CountingSpanExporter, FailureLog};
+use super::metrics::Metrics;
+use crate::config::{OtlpProtocol, TelemetrySettings};
+
+/// Where and how to export, after the environment has had its say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Export {
+    /// Base endpoint from the settings (`None` when `OTEL_EXPORTER_OTLP_ENDPOINT` decides).
+    pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+}
+
+/// A problem with the `OTEL_*` environment or building an exporter.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ExportError(pub String);
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Decides whether and how to export: off with `OTEL_SDK_DISABLED=true` or no endpoint.
+pub fn export_from_env(settings: &TelemetrySettings) -> Result<Option<Export>, ExportError> {
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let protocol = match env("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+        None => settings.otlp_protocol,
+        Some("grpc") => OtlpProtocol::Grpc,
+        Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+        Some(other) => {
+            return Err(ExportError(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported (grpc or http/protobuf)"
+            )))
+        }
+    };
+    if env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        // The exporter reads it itself (and appends /v1/traces, /v1/metrics over HTTP).
+        return Ok(Some(Export {
+            endpoint: None,
+            protocol,
+        }));
+    }
+    if settings.otlp_endpoint.trim().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Export {
+        endpoint: Some(settings.otlp_endpoint.trim_end_matches('/').to_owned()),
+        protocol,
+    }))
+}
+
+/// `service.name` (settings, unless `OTEL_SERVICE_NAME`), `service.version`,
+/// `service.instance.id`, `host.name`, plus `OTEL_RESOURCE_ATTRIBUTES`.
+pub fn resource(settings: &TelemetrySettings, instance_id: &str) -> Resource {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let mut builder = Resource::builder().with_attributes([
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("service.instance.id", instance_id.to_owned()),
+        KeyValue::new("host.name", host),
+    ]);
+    if env("OTEL_SERVICE_NAME").is_none() {
+        builder = builder.with_service_name(settings.service_name.clone());
+    }
+    builder.build()
+}
+
+fn signal_endpoint(export: &Export, path: &str) -> Option<String> {
+    export.endpoint.as_ref().map(|base| match export.protocol {
+        OtlpProtocol::Grpc => base.clone(),
+        OtlpProtocol::HttpProtobuf => format!("{base}{path}"),
+    })
+}
+
+/// The tracer provider: OTLP exporter → counting wrapper → batch processor → counting processor.
+/// Must run where blocking is allowed (the HTTP exporter builds a blocking client) and a Tokio
+/// runtime is reachable (the gRPC exporter spawns its connection there).
+pub fn tracer_provider(
+    export: &Export,
+    resource: Resource,
+    metrics: Arc<Metrics>,
+) -> Result<SdkTracerProvider, ExportError> {
+    let endpoint = signal_endpoint(export, "/v1/traces");
+    let exporter = match export.protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(e);
+            }
+            b.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(e);
+            }
+            b.build()
+        }
+    }
+    .map_err(|e| ExportError(format!("OTLP span exporter: {e}")))?;
+    let exporter = CountingSpanExporter {
+        inner: exporter,
+        metrics: metrics.clone(),
+        log: FailureLog::new("traces"),
+    };
+    let processor = CountingProcessor {
+        inner: BatchSpanProcessor::builder(exporter).build(),
+        metrics,
+    };
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(resource)
+        .build())
+}
+
+/// The meter provider: OTLP exporter → counting wrapper → periodic reader. The metric handles
+/// are registered on this provider, so its exporter learns them afterwards through `metrics`.
+pub fn meter_provider(
+    export: &Export,
+    resource: Resource,
+    interval: Duration,
+    metrics: Arc<OnceLock<Arc<Metrics>>>,
+) -> Result<SdkMeterProvider, ExportError> {
+    let endpoint = signal_endpoint(export, "/v1/metrics");
+    let exporter = match export.protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(e);
+            }
+            b.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some(e) = endpoint {
+                b = b.with_endpoint(e);
+            }
+            b.build()
+        }
+    }
+    .map_err(|e| ExportError(format!("OTLP metric exporter: {e}")))?;
+    let exporter = CountingMetricExporter {
+        inner: exporter,
+        metrics,
+        log: FailureLog::new("metrics"),
+    };
+    let reader = PeriodicReader::builder(exporter)
+        .with_interval(interval)
+        .build();
+    Ok(SdkMeterProvider::builder()
+        .with_reader(reader)
+        .with_resource(resource)
+        .build())
+}
