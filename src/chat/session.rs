@@ -226,8 +226,9 @@ fn message_span(
         otel.kind = "consumer",
         connection.id = %entry.id(),
         client.id = %entry.info().client_id,
-        messaging.message.body.size = size,
-        message.sequence = entry.messages_received(),
+        // i64: tracing-opentelemetry records u64 fields as strings.
+        messaging.message.body.size = size as i64,
+        message.sequence = entry.messages_received() as i64,
     );
     telemetry::spans::link(&span, connection.clone());
     span

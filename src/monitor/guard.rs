@@ -142,6 +142,11 @@ impl ConnectionGuard {
     }
 }
 
+/// Span fields are recorded as `i64`: tracing-opentelemetry turns `u64` into strings.
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let outcome = self.effective_outcome();
@@ -158,13 +163,13 @@ impl Drop for ConnectionGuard {
             client.id = %self.entry.info().client_id,
             close.reason = reason.as_str(),
             close.initiator = reason.initiator().as_str(),
-            close.code_sent = outcome.code_sent,
-            close.code_received = outcome.code_received,
+            close.code_sent = outcome.code_sent.map(i64::from),
+            close.code_received = outcome.code_received.map(i64::from),
             connection.duration_s = self.entry.age().as_secs_f64(),
-            messages.received = self.entry.messages_received(),
-            messages.sent = self.entry.messages_sent(),
-            bytes.received = bytes_in,
-            bytes.sent = bytes_out,
+            messages.received = as_i64(self.entry.messages_received()),
+            messages.sent = as_i64(self.entry.messages_sent()),
+            bytes.received = as_i64(bytes_in),
+            bytes.sent = as_i64(bytes_out),
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
@@ -177,10 +182,10 @@ impl Drop for ConnectionGuard {
             self.span.record(field, value);
         }
         if let Some(code) = outcome.code_sent {
-            self.span.record("close.code_sent", code);
+            self.span.record("close.code_sent", i64::from(code));
         }
         if let Some(code) = outcome.code_received {
-            self.span.record("close.code_received", code);
+            self.span.record("close.code_received", i64::from(code));
         }
         let _in_close = close.enter();
         tracing::info_span!(target: "wsmon", "websocket.cleanup", otel.name = spans::CLEANUP)

@@ -270,4 +270,5 @@ async fn after_churn_every_connection_is_released_and_counted_once() {
     assert_eq!(stats["connections"].as_array().unwrap().len(), 0);
     let (_, page) = app.get_json("/api/v1/connections").await;
     assert_eq!(page["connections"].as_array().unwrap().len(), 0);
+    assert!(app.registry.scan_all().is_empty());
 }

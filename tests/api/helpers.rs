@@ -24,6 +24,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
     pub server: JoinHandle<std::io::Result<()>>,
+    pub registry: wsmon::monitor::Registry,
 }
 
 static LOG: Once = Once::new();
@@ -52,12 +53,14 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("server binds");
     let addr = app.local_addr();
     let shutdown = app.shutdown_token();
+    let registry = app.registry();
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         addr,
         http: reqwest::Client::new(),
         shutdown,
         server,
+        registry,
     }
 }
 

@@ -8,4 +8,5 @@ mod config;
 mod connections_api;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod stats;
