@@ -162,8 +162,24 @@ impl Page {
 const ROWS: &str = "document.querySelectorAll('#connections tr').length";
 const ACTIVE: &str = "document.getElementById('active_connections').textContent";
 
+/// Traces on (into memory), so connections have trace ids and the table trace links.
+fn install_tracing() -> opentelemetry_sdk::trace::SdkTracerProvider {
+    use opentelemetry::trace::TracerProvider as _;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())
+        .build();
+    let subscriber = wsmon::telemetry::get_subscriber(
+        &Default::default(),
+        Some(provider.tracer("wsmon")),
+        std::io::sink,
+    );
+    wsmon::telemetry::install(subscriber);
+    provider
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_live_data_in_a_real_browser_and_renders_ids_as_text() {
+    let _provider = install_tracing();
     let app = spawn_app_with(|s| s.admin.push_interval_ms = 100).await;
     let browser = launch();
     let mut page = Page::open(&browser).await;
@@ -203,6 +219,21 @@ async fn the_dashboard_shows_live_data_in_a_real_browser_and_renders_ids_as_text
         json!(0)
     );
     assert_eq!(page.eval("typeof window.__xss").await, json!("undefined"));
+    let links = page
+        .eval("[...document.querySelectorAll('#connections a')].map(a => a.href)")
+        .await;
+    let stats = app.stats().await;
+    let expected: Vec<_> = stats["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["trace_url"].clone())
+        .collect();
+    assert_eq!(links, json!(expected), "one trace link per connection");
+    assert!(links[0]
+        .as_str()
+        .unwrap()
+        .starts_with("http://localhost:16686/trace/"));
 
     alice.send("hello").await;
     page.wait_for(

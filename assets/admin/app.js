@@ -21,6 +21,25 @@
     return td;
   }
 
+  // A link to the connection's trace, when tracing is on. Only http(s) URLs become links.
+  function traceCell(c) {
+    const td = document.createElement("td");
+    if (c.trace_id && /^https?:\/\//.test(c.trace_url)) {
+      const a = document.createElement("a");
+      a.href = c.trace_url;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      a.textContent = c.trace_id.slice(0, 8);
+      a.title = c.trace_id;
+      td.append(a);
+    } else if (c.trace_id) {
+      td.textContent = c.trace_id.slice(0, 8);
+      td.title = c.trace_id;
+    }
+    td.className = "mono";
+    return td;
+  }
+
   function timeCell(iso) {
     const td = cell(iso.slice(11, 19), "mono");
     td.title = iso;
@@ -61,7 +80,8 @@
         cell(fmt.format(c.bytes_received), "num"),
         cell(fmt.format(c.bytes_sent), "num"),
         cell(fmt.format(c.queue_depth), "num"),
-        cell(c.idle ? "idle" : "", c.idle ? "idle" : "")
+        cell(c.idle ? "idle" : "", c.idle ? "idle" : ""),
+        traceCell(c)
       );
       return tr;
     });

@@ -193,3 +193,51 @@ async fn counts_are_exact_after_a_scripted_session() {
         "all four messages fall in the first bucket (<= 16 bytes)"
     );
 }
+
+/// The README's metric table, as it must read.
+fn expected_metric_table() -> String {
+    let mut out = String::from(
+        "| Prometheus series | OpenTelemetry name | type | unit | labels | meaning |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for m in METRICS {
+        let labels = if m.labels.is_empty() {
+            "-".to_owned()
+        } else {
+            m.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | `{}` | {} | {} |\n",
+            m.prometheus,
+            m.name,
+            m.kind.prometheus_type(),
+            m.otel_unit,
+            labels,
+            m.description
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_readme_metric_table_matches_the_names_module() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("<!-- metrics-table:start -->\n")
+        .expect("start marker")
+        + 29;
+    let end = readme
+        .find("<!-- metrics-table:end -->")
+        .expect("end marker");
+    let expected = expected_metric_table();
+    assert_eq!(
+        &readme[start..end],
+        expected,
+        "README table should read:\n{expected}"
+    );
+}
