@@ -229,8 +229,11 @@ fn message_span(
         // i64: tracing-opentelemetry records u64 fields as strings.
         messaging.message.body.size = size as i64,
         message.sequence = entry.messages_received() as i64,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     telemetry::spans::link(&span, connection.clone());
+    telemetry::spans::record_ids(&span);
     span
 }
 

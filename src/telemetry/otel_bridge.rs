@@ -190,3 +190,71 @@ impl metrics::Recorder for OtelBridge {
         Histogram::from_arc(handle)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    use crate::monitor::CloseReason;
+    use crate::telemetry::metrics;
+    use crate::telemetry::names;
+
+    #[test]
+    fn facade_recordings_reach_otel_with_units_buckets_and_exact_values() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let handle = metrics::build(Some(&provider));
+        let m = &handle.metrics;
+        m.connections_opened.increment(3);
+        m.active_connections.increment(3.0);
+        m.active_connections.decrement(1.0);
+        let reason = CloseReason::ClientClosed.index();
+        m.connection_duration[reason].record(2.0);
+        m.connection_duration[reason].record(7200.0);
+        provider.force_flush().unwrap();
+
+        let exported = exporter.get_finished_metrics().unwrap();
+        let all: Vec<_> = exported
+            .iter()
+            .flat_map(|rm| rm.scope_metrics())
+            .flat_map(|sm| sm.metrics())
+            .collect();
+        let find = |name: &str| *all.iter().find(|m| m.name() == name).unwrap();
+
+        let opened = find(names::CONNECTIONS_OPENED);
+        assert_eq!(opened.unit(), "{connection}");
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = opened.data() else {
+            panic!("{:?}", opened.data())
+        };
+        assert!(sum.is_monotonic());
+        assert_eq!(sum.data_points().map(|p| p.value()).sum::<u64>(), 3);
+
+        let active = find(names::ACTIVE_CONNECTIONS);
+        let AggregatedMetrics::F64(MetricData::Gauge(g)) = active.data() else {
+            panic!("{:?}", active.data())
+        };
+        assert_eq!(
+            g.data_points().map(|p| p.value()).collect::<Vec<_>>(),
+            [2.0]
+        );
+
+        let duration = find(names::CONNECTION_DURATION);
+        assert_eq!(duration.unit(), "s");
+        let AggregatedMetrics::F64(MetricData::Histogram(h)) = duration.data() else {
+            panic!("{:?}", duration.data())
+        };
+        let point = h
+            .data_points()
+            .find(|p| {
+                p.attributes()
+                    .any(|kv| kv.value.as_str() == "client_closed")
+            })
+            .unwrap();
+        assert_eq!(point.bounds().collect::<Vec<_>>(), names::DURATION_BUCKETS);
+        assert_eq!(point.count(), 2);
+        assert_eq!(point.sum(), 7202.0);
+    }
+}
