@@ -15,11 +15,15 @@ use tokio_util::task::TaskTracker;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::chat::session::MessageSampler;
+use crate::chat::policy::{MessageSampler, RateLimit};
+use crate::chat::session::SessionLimits;
 use crate::chat::Hub;
 use crate::config::{parse_proxies, Settings};
+use crate::http::auth::Auth;
+use crate::http::origin::OriginPolicy;
 use crate::http::ws::{self, ChatState};
 use crate::http::{monitoring_router, Monitoring, MonitoringSettings};
+use crate::monitor::limits::ConnectionLimiter;
 use crate::monitor::{sampler, Registry, RegistryOptions};
 use crate::telemetry::metrics::MetricsHandle;
 
@@ -61,10 +65,12 @@ impl Application {
             trusted_proxies: Arc::new(trusted_proxies),
             shutdown: shutdown.clone(),
             sessions: sessions.clone(),
-            message_spans: MessageSampler::new(
-                settings.telemetry.message_spans,
-                settings.telemetry.message_span_ratio,
+            session: session_limits(&settings),
+            limiter: ConnectionLimiter::new(
+                settings.limits.max_connections,
+                settings.limits.max_connections_per_ip,
             ),
+            origins: Arc::new(OriginPolicy::new(&settings.security)),
         };
         let monitoring = Monitoring::new(
             registry.clone(),
@@ -74,7 +80,8 @@ impl Application {
             },
             shutdown.clone(),
         )
-        .with_prometheus(metrics.prometheus.clone());
+        .with_prometheus(metrics.prometheus.clone())
+        .with_auth(Auth::new(&settings.auth));
         let router = ws::router(chat).merge(monitoring_router(monitoring));
         Ok(Self {
             listener,
@@ -182,5 +189,29 @@ async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => handle.run_upkeep(),
         }
+    }
+}
+
+/// Every session's limits, from the settings.
+fn session_limits(settings: &Settings) -> SessionLimits {
+    let (ws, limits) = (&settings.websocket, &settings.limits);
+    SessionLimits {
+        send_timeout: ws.send_timeout(),
+        close_timeout: ws.close_timeout(),
+        message_spans: MessageSampler::new(
+            settings.telemetry.message_spans,
+            settings.telemetry.message_span_ratio,
+        ),
+        ping_interval: ws.ping_interval(),
+        ping_timeout: ws.ping_timeout(),
+        idle_warn_after: settings.monitor.idle_after(),
+        idle_close_after: Duration::from_secs(limits.idle_close_after_secs),
+        rate: RateLimit {
+            per_second: limits.messages_per_second,
+            burst: limits.message_burst,
+            close_drops: limits.rate_limit_close_drops,
+            window: Duration::from_secs(limits.rate_limit_window_secs),
+        },
+        shutdown_code: settings.shutdown.close_code.code(),
     }
 }

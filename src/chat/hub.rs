@@ -119,6 +119,11 @@ impl Hub {
         delivered
     }
 
+    /// The metric handles this hub records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Members right now.
     pub fn len(&self) -> usize {
         self.members.read().unwrap_or_else(|p| p.into_inner()).len()

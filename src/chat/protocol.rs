@@ -15,6 +15,19 @@ pub fn left(client_id: &str) -> String {
     format!("Client #{client_id} left the chat")
 }
 
+/// The one warning an idle connection receives before it is closed.
+pub fn idle_warning(closes_in: std::time::Duration) -> String {
+    format!(
+        "Server: you have been idle; this connection closes in {} s unless you send a message",
+        closes_in.as_secs()
+    )
+}
+
+/// Sent once per episode when messages are dropped by the rate limit.
+pub fn rate_limited(per_second: f64) -> String {
+    format!("Server: rate limit exceeded ({per_second} messages/s); messages are being dropped")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,20 +4,20 @@
 //! The session is generic over the socket's `Sink`/`Stream` halves so it can be driven by tests
 //! without a network.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Envelope, Membership};
+use super::policy::{watch_idle, Liveness, MessageSampler, RateLimit, RateLimiter, Verdict};
 use super::protocol;
-use crate::config::MessageSpans;
 use crate::monitor::{CloseReason, ConnectionEntry, ConnectionGuard, Outcome};
 use crate::telemetry::{self, names::spans};
 
-/// Timing and tracing policy for one session.
+/// Timing, limits and tracing policy for one session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     /// Longest a batch of writes may block before the client counts as a slow consumer.
@@ -25,30 +25,15 @@ pub struct SessionLimits {
     /// Longest the closing handshake may take.
     pub close_timeout: Duration,
     pub message_spans: MessageSampler,
-}
-
-/// Which inbound messages get a `websocket.message` span: none, every `n`-th of a connection,
-/// or all. Deterministic and free of shared state, so it costs one modulo per message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MessageSampler {
-    every: Option<u64>,
-}
-
-impl MessageSampler {
-    /// From the settings: `off`, `ratio` (every ⌈1/ratio⌉-th message) or `all`.
-    pub fn new(policy: MessageSpans, ratio: f64) -> Self {
-        let every = match policy {
-            MessageSpans::Off => None,
-            MessageSpans::All => Some(1),
-            MessageSpans::Ratio => Some((1.0 / ratio).ceil().max(1.0) as u64),
-        };
-        Self { every }
-    }
-
-    /// Whether the `n`-th message (1-based) of a connection is traced.
-    pub fn sample(self, n: u64) -> bool {
-        self.every.is_some_and(|every| n % every == 0)
-    }
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// Idle warning after this long without a chat message...
+    pub idle_warn_after: Duration,
+    /// ...and the `idle_timeout` close after this long.
+    pub idle_close_after: Duration,
+    pub rate: RateLimit,
+    /// The close code for `server_shutdown` (1001, or 1012 for a restart).
+    pub shutdown_code: u16,
 }
 
 /// Messages written per flush, at most.
@@ -80,13 +65,29 @@ pub async fn run<S, R>(
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let entry = guard.entry().clone();
+    let liveness = Liveness::new();
     let end = {
-        let read = read_loop(&mut stream, &entry, &membership, limits.message_spans);
+        let read = read_loop(&mut stream, &entry, &membership, &liveness, &limits);
         tokio::pin!(read);
+        let write = write_loop(
+            &mut sink,
+            &mut outbound,
+            &entry,
+            &liveness.ping,
+            limits.send_timeout,
+        );
+        let idle = watch_idle(
+            &entry,
+            &membership,
+            limits.idle_warn_after,
+            limits.idle_close_after,
+        );
         let end = tokio::select! {
             end = &mut read => end,
-            end = write_loop(&mut sink, &mut outbound, &entry, limits.send_timeout) => end,
+            end = write => end,
             reason = entry.close_requested() => End::Server(reason),
+            reason = liveness.watch(limits.ping_interval, limits.ping_timeout) => End::Server(reason),
+            reason = idle => End::Server(reason),
             () = shutdown.cancelled() => End::Server(CloseReason::ServerShutdown),
         };
         match end {
@@ -111,7 +112,11 @@ pub async fn run<S, R>(
             }
         }
         End::Server(reason) => {
-            let frame = reason.server_code().map(|code| CloseFrame {
+            let code = match reason {
+                CloseReason::ServerShutdown => Some(limits.shutdown_code),
+                other => other.server_code(),
+            };
+            let frame = code.map(|code| CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(reason.as_str()),
             });
@@ -125,7 +130,7 @@ pub async fn run<S, R>(
             );
             Outcome {
                 reason,
-                code_sent: reason.server_code().filter(|_| sent),
+                code_sent: code.filter(|_| sent),
                 code_received: None,
             }
         }
@@ -145,13 +150,16 @@ async fn read_loop<R>(
     stream: &mut R,
     entry: &ConnectionEntry,
     membership: &Membership,
-    sampler: MessageSampler,
+    liveness: &Liveness,
+    limits: &SessionLimits,
 ) -> End
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let client_id = &entry.info().client_id;
     let connection = telemetry::spans::span_context(&tracing::Span::current());
+    let mut rate = RateLimiter::new(limits.rate, Instant::now());
+    let metrics = membership.hub().metrics().clone();
     loop {
         let msg = match stream.next().await {
             None => return End::Gone,
@@ -160,8 +168,25 @@ where
         };
         match msg {
             Message::Text(text) => {
+                match rate.check(Instant::now()) {
+                    Verdict::Accept => {}
+                    Verdict::Drop { notify } => {
+                        metrics.messages_rate_limited.increment(1);
+                        if notify {
+                            tracing::info!(target: "wsmon", "rate limit exceeded: dropping messages");
+                            membership
+                                .send_own(protocol::rate_limited(limits.rate.per_second).into());
+                        }
+                        continue;
+                    }
+                    Verdict::Close => {
+                        metrics.messages_rate_limited.increment(1);
+                        return End::Server(CloseReason::RateLimited);
+                    }
+                }
                 entry.record_received(text.len());
-                let span = sampler
+                let span = limits
+                    .message_spans
                     .sample(entry.messages_received())
                     .then(|| message_span(entry, text.len(), &connection));
                 let _in_span = span.as_ref().map(tracing::Span::enter);
@@ -175,8 +200,9 @@ where
             }
             Message::Binary(_) => return End::Server(CloseReason::UnsupportedData),
             Message::Close(frame) => return End::ClientClosed(frame.map(|f| f.code)),
-            // tungstenite answers pings itself; pongs need nothing yet.
-            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Pong(_) => liveness.pong(),
+            // tungstenite answers pings itself.
+            Message::Ping(_) => {}
         }
     }
 }
@@ -185,6 +211,7 @@ async fn write_loop<S>(
     sink: &mut S,
     outbound: &mut mpsc::Receiver<Utf8Bytes>,
     entry: &ConnectionEntry,
+    ping: &Notify,
     send_timeout: Duration,
 ) -> End
 where
@@ -192,7 +219,18 @@ where
 {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
-        if outbound.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+        let received = tokio::select! {
+            n = outbound.recv_many(&mut batch, WRITE_BATCH) => n,
+            () = ping.notified() => {
+                let send = sink.send(Message::Ping(axum::body::Bytes::new()));
+                match tokio::time::timeout(send_timeout, send).await {
+                    Err(_) => return End::Server(CloseReason::SlowConsumer),
+                    Ok(Err(_)) => return End::WriteFailed,
+                    Ok(Ok(())) => continue,
+                }
+            }
+        };
+        if received == 0 {
             // Every sender is gone: the membership was dropped, the session is ending.
             return End::Server(CloseReason::InternalError);
         }

@@ -132,7 +132,22 @@ pub fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
 }
 
 fn validate(s: &Settings) -> Result<(), (String, String)> {
-    let positive: [(&str, u64); 15] = [
+    let l = &s.limits;
+    let positive: [(&str, u64); 23] = [
+        ("websocket.ping_interval_ms", s.websocket.ping_interval_ms),
+        ("websocket.ping_timeout_ms", s.websocket.ping_timeout_ms),
+        ("limits.idle_close_after_secs", l.idle_close_after_secs),
+        ("limits.message_burst", u64::from(l.message_burst)),
+        (
+            "limits.rate_limit_close_drops",
+            u64::from(l.rate_limit_close_drops),
+        ),
+        ("limits.rate_limit_window_secs", l.rate_limit_window_secs),
+        ("limits.max_connections", l.max_connections as u64),
+        (
+            "limits.max_connections_per_ip",
+            l.max_connections_per_ip as u64,
+        ),
         ("monitor.sample_interval_ms", s.monitor.sample_interval_ms),
         (
             "telemetry.metrics_interval_ms",
@@ -206,6 +221,25 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
             "must not exceed monitor.page_max_limit".into(),
         ));
     }
+    if !(l.messages_per_second > 0.0 && l.messages_per_second.is_finite()) {
+        return Err((
+            "limits.messages_per_second".into(),
+            "must be a number greater than 0".into(),
+        ));
+    }
+    if l.idle_close_after_secs <= s.monitor.idle_after_secs {
+        return Err((
+            "limits.idle_close_after_secs".into(),
+            format!(
+                "must be greater than monitor.idle_after_secs ({}): the warning comes first",
+                s.monitor.idle_after_secs
+            ),
+        ));
+    }
+    for origin in &s.security.allowed_origins {
+        parse_origin(origin).map_err(|e| ("security.allowed_origins".to_string(), e))?;
+    }
+    check_auth(s)?;
     let t = &s.telemetry;
     if !(t.message_span_ratio > 0.0 && t.message_span_ratio <= 1.0) {
         return Err((
@@ -228,4 +262,56 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
     parse_proxies(&s.server.trusted_proxies)
         .map(drop)
         .map_err(|e| ("server.trusted_proxies".into(), e))
+}
+
+/// Parses an allowed origin (`scheme://host[:port]`, no path), lower-cased.
+pub fn parse_origin(origin: &str) -> Result<String, String> {
+    let lower = origin.trim().to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{origin}` must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains('/') || rest.contains(char::is_whitespace) {
+        return Err(format!(
+            "`{origin}` must be scheme://host[:port] without a path"
+        ));
+    }
+    Ok(lower)
+}
+
+/// Shortest token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+fn check_auth(s: &Settings) -> Result<(), (String, String)> {
+    let a = &s.auth;
+    for (key, tokens) in [
+        ("auth.viewer_tokens", &a.viewer_tokens),
+        ("auth.operator_tokens", &a.operator_tokens),
+    ] {
+        if tokens.iter().any(|t| t.len() < MIN_TOKEN_LEN) {
+            return Err((
+                key.into(),
+                format!("every token must be at least {MIN_TOKEN_LEN} characters"),
+            ));
+        }
+    }
+    if a.max_failures == 0 || a.failure_window_secs == 0 {
+        return Err((
+            "auth.max_failures".into(),
+            "auth.max_failures and auth.failure_window_secs must be greater than 0".into(),
+        ));
+    }
+    let open = a.viewer_tokens.is_empty() && a.operator_tokens.is_empty();
+    if open && !s.server.listen.ip().is_loopback() && !a.allow_unauthenticated {
+        return Err((
+            "auth.operator_tokens".into(),
+            format!(
+                "wsmon would listen on {} (not loopback) with no credentials: set \
+                 auth.operator_tokens / auth.viewer_tokens, or auth.allow_unauthenticated = true \
+                 to run it open on purpose",
+                s.server.listen
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -6,7 +6,10 @@
 
 mod load;
 
-pub use load::{from_figment, load, parse_proxies, ConfigError, DEFAULT_FILE, ENV_PREFIX};
+pub use load::{
+    from_figment, load, parse_origin, parse_proxies, ConfigError, DEFAULT_FILE, ENV_PREFIX,
+    MIN_TOKEN_LEN,
+};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +24,9 @@ pub struct Settings {
     pub websocket: WebSocketSettings,
     pub monitor: MonitorSettings,
     pub admin: AdminSettings,
+    pub limits: LimitSettings,
+    pub security: SecuritySettings,
+    pub auth: AuthSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
@@ -67,6 +73,10 @@ pub struct WebSocketSettings {
     pub close_timeout_ms: u64,
     /// Longest accepted `client_id`, in characters.
     pub max_client_id_chars: usize,
+    /// Interval between server pings (ms).
+    pub ping_interval_ms: u64,
+    /// A pong must arrive this long after a ping, or the connection closes as `ping_timeout` (ms).
+    pub ping_timeout_ms: u64,
 }
 
 impl Default for WebSocketSettings {
@@ -81,6 +91,8 @@ impl Default for WebSocketSettings {
             send_timeout_ms: 10_000,
             close_timeout_ms: 1_000,
             max_client_id_chars: 64,
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 10_000,
         }
     }
 }
@@ -91,6 +103,12 @@ impl WebSocketSettings {
     }
     pub fn close_timeout(&self) -> Duration {
         Duration::from_millis(self.close_timeout_ms)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
     }
 }
 
@@ -125,6 +143,91 @@ impl Default for MonitorSettings {
 impl MonitorSettings {
     pub fn idle_after(&self) -> Duration {
         Duration::from_secs(self.idle_after_secs)
+    }
+}
+
+/// Per-connection and per-server limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// A connection idle this long after its last message is closed as `idle_timeout` (s);
+    /// the warning goes out at `monitor.idle_after_secs`.
+    pub idle_close_after_secs: u64,
+    /// Sustained chat messages per second per connection (token bucket rate).
+    pub messages_per_second: f64,
+    /// Messages a connection may send in a burst (token bucket size).
+    pub message_burst: u32,
+    /// Dropped messages within `rate_limit_window_secs` that close the connection as `rate_limited`.
+    pub rate_limit_close_drops: u32,
+    /// The window for `rate_limit_close_drops` (s).
+    pub rate_limit_window_secs: u64,
+    /// Connections the server accepts at once; more get HTTP 503.
+    pub max_connections: usize,
+    /// Connections one client address may hold at once; more get HTTP 429.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            idle_close_after_secs: 600,
+            messages_per_second: 20.0,
+            message_burst: 40,
+            rate_limit_close_drops: 100,
+            rate_limit_window_secs: 10,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+        }
+    }
+}
+
+/// Cross-site WebSocket hijacking protection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySettings {
+    /// Origins (`scheme://host[:port]`) allowed besides the server's own.
+    pub allowed_origins: Vec<String>,
+    /// Whether upgrades without an `Origin` header (non-browser clients) are accepted.
+    pub allow_missing_origin: bool,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allow_missing_origin: true,
+        }
+    }
+}
+
+/// Authentication of the dashboard and APIs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Tokens that may read (`/admin`, `/ws-stats`, `/api/v1/*` GET).
+    pub viewer_tokens: Vec<String>,
+    /// Tokens that may also act (kick).
+    pub operator_tokens: Vec<String>,
+    /// Whether `/metrics` requires a viewer token too.
+    pub protect_metrics: bool,
+    /// Allow listening beyond loopback with no token configured (everything open).
+    pub allow_unauthenticated: bool,
+    /// Failed attempts per client address within `failure_window_secs` before 429.
+    pub max_failures: u32,
+    /// The window for `max_failures` (s).
+    pub failure_window_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            viewer_tokens: Vec::new(),
+            operator_tokens: Vec::new(),
+            protect_metrics: false,
+            allow_unauthenticated: false,
+            max_failures: 10,
+            failure_window_secs: 60,
+        }
     }
 }
 
@@ -244,11 +347,35 @@ pub enum MessageSpans {
 pub struct ShutdownSettings {
     /// Longest wait for connections to close after SIGINT/SIGTERM (ms).
     pub grace_ms: u64,
+    /// Close code clients receive: `going_away` (1001) or `restart` (1012).
+    pub close_code: ShutdownCode,
 }
 
 impl Default for ShutdownSettings {
     fn default() -> Self {
-        Self { grace_ms: 10_000 }
+        Self {
+            grace_ms: 10_000,
+            close_code: ShutdownCode::GoingAway,
+        }
+    }
+}
+
+/// The close code sent at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownCode {
+    /// 1001: the server is going away.
+    GoingAway,
+    /// 1012: the server is restarting; clients may reconnect soon.
+    Restart,
+}
+
+impl ShutdownCode {
+    pub fn code(self) -> u16 {
+        match self {
+            ShutdownCode::GoingAway => 1001,
+            ShutdownCode::Restart => 1012,
+        }
     }
 }
 

@@ -3,26 +3,32 @@
 //! - [`ws`]: the chat's `/ws/{client_id}` upgrade.
 //! - [`stats`]: `/ws-stats` and `/api/v1/connections`.
 //! - [`admin`]: the `/admin` dashboard and its live event stream.
+//! - [`auth`]: tokens, roles and the failure throttle for everything but the chat.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`metrics`]: `/metrics` (Prometheus text).
 //! - [`client_addr`]: client address resolution behind trusted proxies.
+//! - [`origin`]: the `Origin` allowlist for upgrades.
 //!
 //! [`monitoring_router`] bundles everything but the chat, for any axum application that
 //! registers its own WebSocket connections in a [`Registry`].
 
 pub mod admin;
+pub mod auth;
 pub mod client_addr;
 pub mod health;
 pub mod metrics;
+pub mod origin;
 pub mod stats;
 pub mod ws;
 
 use std::sync::Arc;
 
+use axum::http::{header, HeaderValue};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{AdminSettings, MonitorSettings};
 use crate::monitor::Registry;
@@ -38,6 +44,8 @@ pub struct Monitoring {
     pub streams: Arc<Semaphore>,
     /// Renders `/metrics`; `None` serves 404 there.
     pub prometheus: Option<PrometheusHandle>,
+    /// Credentials required by the routes; `None` leaves them open.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 /// The settings the monitoring routes read.
@@ -61,7 +69,14 @@ impl Monitoring {
             shutdown,
             streams,
             prometheus: None,
+            auth: None,
         }
+    }
+
+    /// Requires the credentials of `auth` (when given).
+    pub fn with_auth(mut self, auth: Option<Arc<auth::Auth>>) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Serves `/metrics` from `handle`.
@@ -72,11 +87,27 @@ impl Monitoring {
 }
 
 /// `/ws-stats`, `/api/v1/connections*`, `/admin*`, `/healthz`, `/readyz`, `/metrics`.
+/// Responses carry `X-Content-Type-Options: nosniff` and, unless a route sets its own,
+/// `Cache-Control: no-store`.
 pub fn monitoring_router(monitoring: Monitoring) -> Router {
-    Router::new()
+    let auth = monitoring.auth.clone();
+    let router = Router::new()
         .merge(stats::routes())
         .merge(admin::routes())
         .merge(health::routes())
         .merge(metrics::routes())
-        .with_state(monitoring)
+        .with_state(monitoring);
+    let router = match auth {
+        Some(auth) => router.layer(axum::middleware::from_fn_with_state(auth, auth::require)),
+        None => router,
+    };
+    router
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
 }

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::Monitoring;
 use crate::error::ApiError;
 use crate::monitor::{CloseReason, ConnectionSnapshot, GlobalStats, PageRequest, SortKey};
@@ -133,10 +134,16 @@ async fn kick(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_default();
+    let who = extensions
+        .get::<Caller>()
+        .map_or_else(|| "unauthenticated".to_owned(), |c| c.name.clone());
     tracing::info!(
+        target: "wsmon",
         audit = true,
         action = "kick",
+        who = %who,
         by.address = %by,
+        at = %crate::monitor::entry::rfc3339(crate::monitor::entry::now_us()),
         connection.id = %id,
         client.id = %entry.info().client_id,
         first_request = first,

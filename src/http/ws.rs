@@ -17,10 +17,12 @@ use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
 
 use super::client_addr;
-use crate::chat::session::{self, MessageSampler, SessionLimits};
+use super::origin::OriginPolicy;
+use crate::chat::session::{self, SessionLimits};
 use crate::chat::Hub;
 use crate::config::WebSocketSettings;
 use crate::error::ApiError;
+use crate::monitor::limits::ConnectionLimiter;
 use crate::monitor::{client_id, ConnectionInfo, Registry, RejectReason};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -37,8 +39,11 @@ pub struct ChatState {
     pub shutdown: CancellationToken,
     /// Tracks every session so shutdown can wait for them (bounded by the grace period).
     pub sessions: TaskTracker,
-    /// Which inbound messages get their own span.
-    pub message_spans: MessageSampler,
+    /// Timing, limits and tracing policy of every session.
+    pub session: SessionLimits,
+    /// Global and per-address connection caps.
+    pub limiter: ConnectionLimiter,
+    pub origins: Arc<OriginPolicy>,
 }
 
 /// The route template of the chat.
@@ -94,14 +99,18 @@ async fn upgrade(
         return Err(reject(RejectReason::InvalidClientId, e.to_string()));
     }
     let ws = ws.map_err(|e| reject(RejectReason::BadUpgrade, e.body_text()))?;
+    if let Err(why) = state.origins.check(&headers) {
+        return Err(reject(RejectReason::OriginNotAllowed, why));
+    }
+    let address = client_addr::resolve(peer.ip(), &headers, &state.trusted_proxies);
+    let permit = match state.limiter.acquire(address) {
+        Ok(permit) => permit,
+        Err(reason) => return Err(reject(reason, format!("{}: retry later", reason.as_str()))),
+    };
 
     let info = ConnectionInfo {
         client_id,
-        address: Some(client_addr::resolve(
-            peer.ip(),
-            &headers,
-            &state.trusted_proxies,
-        )),
+        address: Some(address),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -109,17 +118,14 @@ async fn upgrade(
         route: Some(ROUTE),
     };
     let parent = telemetry::spans::remote_parent(&headers);
-    let guard = state.registry.register_traced(info, parent);
+    let mut guard = state.registry.register_traced(info, parent);
+    guard.attach(permit);
     let (membership, outbound) = state
         .hub
         .join(guard.entry().clone(), ws_settings.outbound_queue);
     let span = guard.span().clone();
     span.in_scope(|| tracing::info!(target: "wsmon", "connection accepted"));
-    let limits = SessionLimits {
-        send_timeout: ws_settings.send_timeout(),
-        close_timeout: ws_settings.close_timeout(),
-        message_spans: state.message_spans,
-    };
+    let limits = state.session;
     let shutdown = state.shutdown.clone();
     let token = state.sessions.token();
     Ok(ws

@@ -7,11 +7,13 @@
 //! - [`guard`]: the RAII guard that releases a connection exactly once.
 //! - [`client_id`]: validation of client-chosen ids.
 //! - [`sampler`]: the periodic idle and queue-depth gauges.
+//! - [`limits`]: global and per-address connection caps.
 
 pub mod client_id;
 pub mod close;
 pub mod entry;
 pub mod guard;
+pub mod limits;
 pub mod registry;
 pub mod sampler;
 

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub send_queue_messages: Gauge,
     pub send_queue_drops: Counter,
     pub idle_connections: Gauge,
+    pub messages_rate_limited: Counter,
     /// Indexed by [`RejectReason::index`].
     pub rejections: Vec<Counter>,
     /// Indexed by [`CloseReason::index`]; present only for reasons with an error type.
@@ -127,6 +128,7 @@ impl Metrics {
             send_queue_messages: gauge(names::SEND_QUEUE_MESSAGES),
             send_queue_drops: counter(names::SEND_QUEUE_DROPS, &[]),
             idle_connections: gauge(names::IDLE_CONNECTIONS),
+            messages_rate_limited: counter(names::MESSAGES_RATE_LIMITED, &[]),
             rejections: RejectReason::ALL
                 .iter()
                 .map(|r| counter(names::REJECTIONS, &[(names::REJECTION_REASON, r.as_str())]))

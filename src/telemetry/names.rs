@@ -66,6 +66,7 @@ pub const SEND_QUEUE_DROPS: &str = "websocket.server.send_queue.drops";
 pub const IDLE_CONNECTIONS: &str = "websocket.server.idle_connections";
 pub const REJECTIONS: &str = "websocket.server.rejections";
 pub const ERRORS: &str = "websocket.server.errors";
+pub const MESSAGES_RATE_LIMITED: &str = "websocket.server.messages.rate_limited";
 pub const TELEMETRY_EXPORTS: &str = "websocket.server.telemetry.exports";
 pub const TELEMETRY_SPANS: &str = "websocket.server.telemetry.spans";
 
@@ -200,6 +201,16 @@ pub const METRICS: &[MetricDef] = &[
         labels: &[ERROR_TYPE],
         buckets: &[],
         description: "Connections ended by an error, by error type.",
+    },
+    MetricDef {
+        name: MESSAGES_RATE_LIMITED,
+        prometheus: "websocket_server_messages_rate_limited_total",
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        otel_unit: "{message}",
+        labels: &[],
+        buckets: &[],
+        description: "Messages dropped by the per-connection rate limit.",
     },
     MetricDef {
         name: TELEMETRY_EXPORTS,

@@ -1,0 +1,237 @@
+//! Per-connection policies that run inside the session task (no shared state, no scans):
+//! the message rate limit, liveness (ping/pong) and the idle warning and close.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::hub::Membership;
+use super::protocol;
+use crate::monitor::{CloseReason, ConnectionEntry};
+
+/// Rate limit settings for one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+    /// Drops within `window` that close the connection.
+    pub close_drops: u32,
+    pub window: Duration,
+}
+
+/// What to do with one inbound message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Drop it; `notify` is true for the first drop of an episode.
+    Drop {
+        notify: bool,
+    },
+    /// Too many drops: close as `rate_limited`.
+    Close,
+}
+
+/// A token bucket plus a count of recent drops.
+#[derive(Debug)]
+pub struct RateLimiter {
+    limit: RateLimit,
+    tokens: f64,
+    refilled: Instant,
+    in_episode: bool,
+    window_start: Instant,
+    window_drops: u32,
+}
+
+impl RateLimiter {
+    pub fn new(limit: RateLimit, now: Instant) -> Self {
+        Self {
+            limit,
+            tokens: f64::from(limit.burst),
+            refilled: now,
+            in_episode: false,
+            window_start: now,
+            window_drops: 0,
+        }
+    }
+
+    /// Decides on a message arriving at `now`.
+    pub fn check(&mut self, now: Instant) -> Verdict {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens =
+            (self.tokens + elapsed * self.limit.per_second).min(f64::from(self.limit.burst));
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.in_episode = false;
+            return Verdict::Accept;
+        }
+        if now.saturating_duration_since(self.window_start) > self.limit.window {
+            self.window_start = now;
+            self.window_drops = 0;
+        }
+        self.window_drops += 1;
+        if self.window_drops >= self.limit.close_drops {
+            return Verdict::Close;
+        }
+        let notify = !self.in_episode;
+        self.in_episode = true;
+        Verdict::Drop { notify }
+    }
+}
+
+/// Microseconds on a monotonic clock shared by the session's futures.
+fn micros_since(origin: Instant) -> u64 {
+    origin.elapsed().as_micros() as u64
+}
+
+/// Liveness state shared by the reader (records pongs) and the pinger.
+pub struct Liveness {
+    origin: Instant,
+    last_pong_us: AtomicU64,
+    /// Wakes the writer to send a ping.
+    pub ping: Notify,
+}
+
+impl Liveness {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_pong_us: AtomicU64::new(0),
+            ping: Notify::new(),
+        }
+    }
+
+    /// Called by the reader for every pong.
+    pub fn pong(&self) {
+        self.last_pong_us.store(micros_since(self.origin), Relaxed);
+    }
+
+    /// Pings every `interval`; completes when a pong did not follow within `timeout`.
+    pub async fn watch(&self, interval: Duration, timeout: Duration) -> CloseReason {
+        loop {
+            tokio::time::sleep(interval).await;
+            let sent = micros_since(self.origin);
+            self.ping.notify_one();
+            tokio::time::sleep(timeout).await;
+            if self.last_pong_us.load(Relaxed) < sent {
+                return CloseReason::PingTimeout;
+            }
+        }
+    }
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Warns once when the connection has been idle for `warn_after`, closes it after
+/// `close_after` of idleness; a chat message in between resets both.
+pub async fn watch_idle(
+    entry: &ConnectionEntry,
+    membership: &Membership,
+    warn_after: Duration,
+    close_after: Duration,
+) -> CloseReason {
+    let mut warned = false;
+    loop {
+        let idle = entry.idle_for();
+        if idle >= close_after {
+            return CloseReason::IdleTimeout;
+        }
+        if idle >= warn_after {
+            if !warned {
+                warned = true;
+                tracing::info!(target: "wsmon", idle_s = idle.as_secs_f64(), "connection idle: warned");
+                membership
+                    .send_own(protocol::idle_warning(close_after.saturating_sub(idle)).into());
+            }
+            tokio::time::sleep(close_after - idle).await;
+        } else {
+            warned = false;
+            tokio::time::sleep(warn_after - idle).await;
+        }
+    }
+}
+
+/// Which inbound messages get a `websocket.message` span: none, every `n`-th of a connection,
+/// or all. Deterministic and free of shared state, so it costs one modulo per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageSampler {
+    every: Option<u64>,
+}
+
+impl MessageSampler {
+    /// From the settings: `off`, `ratio` (every ⌈1/ratio⌉-th message) or `all`.
+    pub fn new(policy: crate::config::MessageSpans, ratio: f64) -> Self {
+        let every = match policy {
+            crate::config::MessageSpans::Off => None,
+            crate::config::MessageSpans::All => Some(1),
+            crate::config::MessageSpans::Ratio => Some((1.0 / ratio).ceil().max(1.0) as u64),
+        };
+        Self { every }
+    }
+
+    /// Whether the `n`-th message (1-based) of a connection is traced.
+    pub fn sample(self, n: u64) -> bool {
+        self.every.is_some_and(|every| n % every == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter() -> (RateLimiter, Instant) {
+        let now = Instant::now();
+        let limit = RateLimit {
+            per_second: 10.0,
+            burst: 3,
+            close_drops: 5,
+            window: Duration::from_secs(10),
+        };
+        (RateLimiter::new(limit, now), now)
+    }
+
+    #[test]
+    fn a_burst_passes_then_drops_notify_once_per_episode() {
+        let (mut l, now) = limiter();
+        for _ in 0..3 {
+            assert_eq!(l.check(now), Verdict::Accept);
+        }
+        assert_eq!(l.check(now), Verdict::Drop { notify: true });
+        assert_eq!(l.check(now), Verdict::Drop { notify: false });
+        // 100 ms later one token is back: accepted, and the episode is over.
+        let later = now + Duration::from_millis(100);
+        assert_eq!(l.check(later), Verdict::Accept);
+        assert_eq!(l.check(later), Verdict::Drop { notify: true });
+    }
+
+    #[test]
+    fn sustained_abuse_closes_and_old_drops_expire() {
+        let (mut l, now) = limiter();
+        for _ in 0..3 {
+            l.check(now);
+        }
+        for _ in 0..4 {
+            assert!(matches!(l.check(now), Verdict::Drop { .. }));
+        }
+        assert_eq!(l.check(now), Verdict::Close);
+
+        let (mut l, now) = limiter();
+        for _ in 0..3 {
+            l.check(now);
+        }
+        for _ in 0..4 {
+            l.check(now);
+        }
+        // A new window: the drop count starts over (tokens are drained again first).
+        let later = now + Duration::from_secs(11);
+        for _ in 0..3 {
+            assert_eq!(l.check(later), Verdict::Accept);
+        }
+        assert!(matches!(l.check(later), Verdict::Drop { .. }));
+    }
+}
