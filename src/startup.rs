@@ -1,5 +1,6 @@
 //! [`Application`]: binds the listener (port 0 works), assembles the routers, and runs until
-//! stopped: on the stop signal it turns unready, closes every WebSocket as `server_shutdown`,
+//! stopped: on the stop signal it turns unready (and refuses upgrades), waits
+//! `shutdown.drain_delay_ms`, closes every WebSocket as `server_shutdown`,
 //! waits for sessions within the grace period (logging whether the drain completed), then
 //! stops the HTTP server.
 
@@ -36,7 +37,9 @@ pub struct Application {
     prometheus: PrometheusHandle,
     sample_every: Duration,
     shutdown: CancellationToken,
+    close_sessions: CancellationToken,
     sessions: TaskTracker,
+    drain_delay: Duration,
     grace: Duration,
 }
 
@@ -55,6 +58,7 @@ impl Application {
             metrics: metrics.metrics.clone(),
         });
         let shutdown = CancellationToken::new();
+        let close_sessions = CancellationToken::new();
         let sessions = TaskTracker::new();
         let trusted_proxies = parse_proxies(&settings.server.trusted_proxies)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -64,6 +68,7 @@ impl Application {
             websocket: Arc::new(settings.websocket.clone()),
             trusted_proxies: Arc::new(trusted_proxies),
             shutdown: shutdown.clone(),
+            close_sessions: close_sessions.clone(),
             sessions: sessions.clone(),
             session: session_limits(&settings),
             limiter: ConnectionLimiter::new(
@@ -91,7 +96,9 @@ impl Application {
             prometheus: metrics.prometheus,
             sample_every: Duration::from_millis(settings.monitor.sample_interval_ms),
             shutdown,
+            close_sessions,
             sessions,
+            drain_delay: Duration::from_millis(settings.shutdown.drain_delay_ms),
             grace: settings.shutdown.grace(),
         })
     }
@@ -109,6 +116,11 @@ impl Application {
     /// The registry of this server's connections.
     pub fn registry(&self) -> Registry {
         self.registry.clone()
+    }
+
+    /// The tracker of live sessions (empty once every connection task has ended).
+    pub fn sessions(&self) -> TaskTracker {
+        self.sessions.clone()
     }
 
     /// Cancelling this token begins shutdown (as the stop signal does).
@@ -129,7 +141,9 @@ impl Application {
             prometheus,
             sample_every,
             shutdown,
+            close_sessions,
             sessions,
+            drain_delay,
             grace,
         } = self;
         tokio::spawn(sampler::run(
@@ -152,6 +166,13 @@ impl Application {
             () = stop => shutdown.cancel(),
             () = shutdown.cancelled() => {}
         }
+        // Unready first (load balancers stop routing here), then close the connections.
+        tracing::info!(
+            drain_delay_ms = drain_delay.as_millis() as u64,
+            "not ready: refusing new connections"
+        );
+        tokio::time::sleep(drain_delay).await;
+        close_sessions.cancel();
         sessions.close();
         let active = registry.active();
         tracing::info!(

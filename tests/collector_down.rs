@@ -40,6 +40,9 @@ fn start(endpoint: &str, protocol: &str) -> Server {
         .env("WSMON_SHUTDOWN__GRACE_MS", "2000")
         // This test is about telemetry, not slow consumers: room for pipelined bursts.
         .env("WSMON_WEBSOCKET__OUTBOUND_QUEUE", "4096")
+        // ... nor about the rate limit: a load run lifts it.
+        .env("WSMON_LIMITS__MESSAGES_PER_SECOND", "1000000")
+        .env("WSMON_LIMITS__MESSAGE_BURST", "1000000")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
         .env("OTEL_EXPORTER_OTLP_TIMEOUT", "500")

@@ -304,7 +304,7 @@ fn check_auth(s: &Settings) -> Result<(), (String, String)> {
     let open = a.viewer_tokens.is_empty() && a.operator_tokens.is_empty();
     if open && !s.server.listen.ip().is_loopback() && !a.allow_unauthenticated {
         return Err((
-            "auth.operator_tokens".into(),
+            "server.listen".into(),
             format!(
                 "wsmon would listen on {} (not loopback) with no credentials: set \
                  auth.operator_tokens / auth.viewer_tokens, or auth.allow_unauthenticated = true \

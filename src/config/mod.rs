@@ -347,6 +347,8 @@ pub enum MessageSpans {
 pub struct ShutdownSettings {
     /// Longest wait for connections to close after SIGINT/SIGTERM (ms).
     pub grace_ms: u64,
+    /// Time between turning unready and closing connections (ms).
+    pub drain_delay_ms: u64,
     /// Close code clients receive: `going_away` (1001) or `restart` (1012).
     pub close_code: ShutdownCode,
 }
@@ -355,6 +357,7 @@ impl Default for ShutdownSettings {
     fn default() -> Self {
         Self {
             grace_ms: 10_000,
+            drain_delay_ms: 0,
             close_code: ShutdownCode::GoingAway,
         }
     }
@@ -385,7 +388,16 @@ impl ShutdownSettings {
     }
 }
 
-/// The settings as TOML (what `--check-config` prints).
+/// The settings as TOML (what `--check-config` prints), tokens redacted.
 pub fn to_toml(settings: &Settings) -> String {
-    toml::to_string_pretty(settings).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+    let mut shown = settings.clone();
+    for token in shown
+        .auth
+        .viewer_tokens
+        .iter_mut()
+        .chain(shown.auth.operator_tokens.iter_mut())
+    {
+        *token = "<redacted>".into();
+    }
+    toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
 }

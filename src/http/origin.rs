@@ -47,7 +47,7 @@ impl OriginPolicy {
             .strip_prefix("https://")
             .or_else(|| origin.strip_prefix("http://"));
         let same_origin = matches!((origin_host, &host), (Some(o), Some(h)) if o == h);
-        if same_origin || self.allowed.iter().any(|a| *a == origin) {
+        if same_origin || self.allowed.contains(&origin) {
             Ok(())
         } else {
             Err(format!("origin {origin} is not allowed"))

@@ -37,6 +37,8 @@ pub struct ChatState {
     pub websocket: Arc<WebSocketSettings>,
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub shutdown: CancellationToken,
+    /// Cancelled when the sessions must close (after `shutdown.drain_delay_ms`).
+    pub close_sessions: CancellationToken,
     /// Tracks every session so shutdown can wait for them (bounded by the grace period).
     pub sessions: TaskTracker,
     /// Timing, limits and tracing policy of every session.
@@ -126,7 +128,7 @@ async fn upgrade(
     let span = guard.span().clone();
     span.in_scope(|| tracing::info!(target: "wsmon", "connection accepted"));
     let limits = state.session;
-    let shutdown = state.shutdown.clone();
+    let shutdown = state.close_sessions.clone();
     let token = state.sessions.token();
     Ok(ws
         .read_buffer_size(ws_settings.read_buffer_size)

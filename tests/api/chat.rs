@@ -231,9 +231,9 @@ async fn a_client_that_stops_reading_is_closed_as_slow_consumer_without_delaying
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_churn_every_connection_is_released_and_counted_once() {
-    const WAVES: usize = 5;
-    const PER_WAVE: usize = 60;
+async fn after_2000_churn_cycles_every_connection_is_released_counted_once_and_no_task_leaks() {
+    const WAVES: usize = 20;
+    const PER_WAVE: usize = 100;
     let app = spawn_app().await;
     for wave in 0..WAVES {
         let mut clients = Vec::new();
@@ -241,6 +241,8 @@ async fn after_churn_every_connection_is_released_and_counted_once() {
             clients.push(app.connect(&format!("w{wave}-{i}")).await);
         }
         app.wait_for_active(PER_WAVE as u64).await;
+        // Everyone chats once before leaving.
+        clients[0].send("hi").await;
         for (i, mut c) in clients.into_iter().enumerate() {
             match i % 3 {
                 0 => c.ws.close(None).await.unwrap(),
@@ -266,9 +268,22 @@ async fn after_churn_every_connection_is_released_and_counted_once() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(counted, total, "each disconnect counted exactly once: {g}");
-    assert_eq!(g["disconnects"]["client_closed"], total / 3);
+    assert_eq!(
+        g["disconnects"]["client_closed"],
+        (WAVES * PER_WAVE.div_ceil(3)) as u64
+    );
     assert_eq!(stats["connections"].as_array().unwrap().len(), 0);
     let (_, page) = app.get_json("/api/v1/connections").await;
     assert_eq!(page["connections"].as_array().unwrap().len(), 0);
     assert!(app.registry.scan_all().is_empty());
+    // No leaked tasks: every session task has ended.
+    let deadline = tokio::time::Instant::now() + crate::helpers::RECV_TIMEOUT;
+    while !app.sessions.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} session tasks left",
+            app.sessions.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

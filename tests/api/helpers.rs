@@ -25,6 +25,7 @@ pub struct TestApp {
     pub shutdown: CancellationToken,
     pub server: JoinHandle<std::io::Result<()>>,
     pub registry: wsmon::monitor::Registry,
+    pub sessions: tokio_util::task::TaskTracker,
 }
 
 static LOG: Once = Once::new();
@@ -47,6 +48,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::default();
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.shutdown.grace_ms = 2_000;
+    // Every test client comes from 127.0.0.1; tests of the per-address cap set their own.
+    settings.limits.max_connections_per_ip = 10_000;
     configure(&mut settings);
     let app = Application::build(settings, wsmon::telemetry::metrics::build(None))
         .await
@@ -54,6 +57,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let addr = app.local_addr();
     let shutdown = app.shutdown_token();
     let registry = app.registry();
+    let sessions = app.sessions();
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         addr,
@@ -61,6 +65,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         shutdown,
         server,
         registry,
+        sessions,
     }
 }
 

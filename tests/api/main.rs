@@ -2,6 +2,7 @@
 //! a timeout so a bug fails instead of hanging.
 
 mod admin;
+mod audit;
 mod bad_input;
 mod chat;
 mod config;
@@ -9,4 +10,6 @@ mod connections_api;
 mod helpers;
 mod lifecycle;
 mod metrics;
+mod parsing;
+mod policies;
 mod stats;
