@@ -3,7 +3,8 @@
 //!
 //! - [`close`]: the bounded close and rejection reasons.
 //! - [`entry`]: one connection's record and its snapshot.
-//! - [`registry`]: the index of live connections, totals, paging.
+//! - [`registry`]: the index of live connections and the totals.
+//! - [`paging`]: pages of connections, by age or by value.
 //! - [`guard`]: the RAII guard that releases a connection exactly once.
 //! - [`client_id`]: validation of client-chosen ids.
 //! - [`sampler`]: the periodic idle and queue-depth gauges.
@@ -14,10 +15,12 @@ pub mod close;
 pub mod entry;
 pub mod guard;
 pub mod limits;
+pub mod paging;
 pub mod registry;
 pub mod sampler;
 
 pub use close::{CloseReason, Initiator, RejectReason};
 pub use entry::{ConnectionEntry, ConnectionInfo, ConnectionSnapshot};
 pub use guard::{ConnectionGuard, Outcome};
-pub use registry::{GlobalStats, Page, PageRequest, Registry, RegistryOptions, SortKey};
+pub use paging::{InvalidCursor, Page, PageRequest, SortKey};
+pub use registry::{GlobalStats, Registry, RegistryOptions};

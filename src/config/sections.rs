@@ -1,0 +1,219 @@
+//! Settings sections for serving: listening, WebSocket limits, policies, auth, shutdown.
+//! Defaults are mirrored in `config/default.toml`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Listening and client-address resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Peers (IPs or CIDR ranges) whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Per-connection limits and buffers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketSettings {
+    /// Largest message accepted (bytes); larger closes the connection with 1009.
+    pub max_message_size: usize,
+    /// Largest single frame accepted (bytes).
+    pub max_frame_size: usize,
+    /// Read buffer per connection (bytes).
+    pub read_buffer_size: usize,
+    /// Bytes buffered before the writer flushes.
+    pub write_buffer_size: usize,
+    /// Hard cap on buffered outbound bytes per connection.
+    pub max_write_buffer_size: usize,
+    /// Outbound queue per connection (messages); overflow closes it as `slow_consumer`.
+    pub outbound_queue: usize,
+    /// Longest a single write may block before the client is closed as `slow_consumer` (ms).
+    pub send_timeout_ms: u64,
+    /// Time allowed for sending the close frame when the server closes (ms).
+    pub close_timeout_ms: u64,
+    /// Longest accepted `client_id`, in characters.
+    pub max_client_id_chars: usize,
+    /// Interval between server pings (ms).
+    pub ping_interval_ms: u64,
+    /// A pong must arrive this long after a ping, or the connection closes as `ping_timeout` (ms).
+    pub ping_timeout_ms: u64,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 * 1024,
+            max_frame_size: 64 * 1024,
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 8 * 1024,
+            max_write_buffer_size: 1024 * 1024,
+            outbound_queue: 256,
+            send_timeout_ms: 10_000,
+            close_timeout_ms: 1_000,
+            max_client_id_chars: 64,
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl WebSocketSettings {
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_timeout_ms)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+}
+
+/// Per-connection and per-server limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// A connection idle this long after its last message is closed as `idle_timeout` (s);
+    /// the warning goes out at `monitor.idle_after_secs`.
+    pub idle_close_after_secs: u64,
+    /// Sustained chat messages per second per connection (token bucket rate).
+    pub messages_per_second: f64,
+    /// Messages a connection may send in a burst (token bucket size).
+    pub message_burst: u32,
+    /// Dropped messages within `rate_limit_window_secs` that close the connection as `rate_limited`.
+    pub rate_limit_close_drops: u32,
+    /// The window for `rate_limit_close_drops` (s).
+    pub rate_limit_window_secs: u64,
+    /// Connections the server accepts at once; more get HTTP 503.
+    pub max_connections: usize,
+    /// Connections one client address may hold at once; more get HTTP 429.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            idle_close_after_secs: 600,
+            messages_per_second: 20.0,
+            message_burst: 40,
+            rate_limit_close_drops: 100,
+            rate_limit_window_secs: 10,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+        }
+    }
+}
+
+/// Cross-site WebSocket hijacking protection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySettings {
+    /// Origins (`scheme://host[:port]`) allowed besides the server's own.
+    pub allowed_origins: Vec<String>,
+    /// Whether upgrades without an `Origin` header (non-browser clients) are accepted.
+    pub allow_missing_origin: bool,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allow_missing_origin: true,
+        }
+    }
+}
+
+/// Authentication of the dashboard and APIs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Tokens that may read (`/admin`, `/ws-stats`, `/api/v1/*` GET).
+    pub viewer_tokens: Vec<String>,
+    /// Tokens that may also act (kick).
+    pub operator_tokens: Vec<String>,
+    /// Whether `/metrics` requires a viewer token too.
+    pub protect_metrics: bool,
+    /// Allow listening beyond loopback with no token configured (everything open).
+    pub allow_unauthenticated: bool,
+    /// Failed attempts per client address within `failure_window_secs` before 429.
+    pub max_failures: u32,
+    /// The window for `max_failures` (s).
+    pub failure_window_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            viewer_tokens: Vec::new(),
+            operator_tokens: Vec::new(),
+            protect_metrics: false,
+            allow_unauthenticated: false,
+            max_failures: 10,
+            failure_window_secs: 60,
+        }
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// Longest wait for connections to close after SIGINT/SIGTERM (ms).
+    pub grace_ms: u64,
+    /// Time between turning unready and closing connections (ms).
+    pub drain_delay_ms: u64,
+    /// Close code clients receive: `going_away` (1001) or `restart` (1012).
+    pub close_code: ShutdownCode,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            grace_ms: 10_000,
+            drain_delay_ms: 0,
+            close_code: ShutdownCode::GoingAway,
+        }
+    }
+}
+
+/// The close code sent at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownCode {
+    /// 1001: the server is going away.
+    GoingAway,
+    /// 1012: the server is restarting; clients may reconnect soon.
+    Restart,
+}
+
+impl ShutdownCode {
+    pub fn code(self) -> u16 {
+        match self {
+            ShutdownCode::GoingAway => 1001,
+            ShutdownCode::Restart => 1012,
+        }
+    }
+}
+
+impl ShutdownSettings {
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+}
