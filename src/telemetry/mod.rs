@@ -111,9 +111,13 @@ impl Telemetry {
         // The HTTP exporter builds a blocking client: not allowed on an async worker thread.
         let built = tokio::task::spawn_blocking(move || -> Result<_, ExportError> {
             let Some(export) = export else {
-                return Ok((metrics::build(None), None, None));
+                return Ok((metrics::build(None), None, None, String::new()));
             };
             let resource = traces::resource(&t, &instance_id);
+            let instance = resource
+                .get(&opentelemetry::Key::from_static_str("service.instance.id"))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
             let late = Arc::new(OnceLock::new());
             let meter = t
                 .export_metrics
@@ -128,17 +132,18 @@ impl Telemetry {
                 .export_traces
                 .then(|| traces::tracer_provider(&export, resource, handle.metrics.clone()))
                 .transpose()?;
-            Ok((handle, tracer, meter))
+            Ok((handle, tracer, meter, instance))
         })
         .await
         .map_err(|e| ExportError(format!("telemetry setup failed: {e}")))??;
-        let (metrics, tracer_provider, meter_provider) = built;
+        let (metrics, tracer_provider, meter_provider, instance) = built;
         let tracer = tracer_provider.as_ref().map(|p| p.tracer("wsmon"));
         install(get_subscriber(&settings.log, tracer, std::io::stdout));
         if tracer_provider.is_some() || meter_provider.is_some() {
             tracing::info!(
                 traces = tracer_provider.is_some(),
                 metrics = meter_provider.is_some(),
+                service.instance.id = %instance,
                 "OTLP export on"
             );
         }

@@ -68,16 +68,25 @@ pub fn export_from_env(settings: &TelemetrySettings) -> Result<Option<Export>, E
 }
 
 /// `service.name` (settings, unless `OTEL_SERVICE_NAME`), `service.version`,
-/// `service.instance.id`, `host.name`, plus `OTEL_RESOURCE_ATTRIBUTES`.
+/// `service.instance.id` (a UUID, unless `OTEL_RESOURCE_ATTRIBUTES` sets one), `host.name`,
+/// plus `OTEL_RESOURCE_ATTRIBUTES`.
 pub fn resource(settings: &TelemetrySettings, instance_id: &str) -> Resource {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());
     let mut builder = Resource::builder().with_attributes([
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-        KeyValue::new("service.instance.id", instance_id.to_owned()),
         KeyValue::new("host.name", host),
     ]);
+    let from_env = env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attrs| {
+        attrs
+            .split(',')
+            .any(|kv| kv.trim().starts_with("service.instance.id="))
+    });
+    if !from_env {
+        builder =
+            builder.with_attribute(KeyValue::new("service.instance.id", instance_id.to_owned()));
+    }
     if env("OTEL_SERVICE_NAME").is_none() {
         builder = builder.with_service_name(settings.service_name.clone());
     }

@@ -7,6 +7,7 @@ mod bad_input;
 mod chat;
 mod config;
 mod connections_api;
+mod grafana;
 mod helpers;
 mod lifecycle;
 mod metrics;

@@ -1,0 +1,38 @@
+// composecheck loads docker-compose.yml with the Compose specification's own loader
+// (compose-go, what `docker compose config` uses), resolving variables from .env, and fails on
+// any error. Built and run by stack/run.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+)
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: composecheck <docker-compose.yml>")
+		os.Exit(2)
+	}
+	opts, err := cli.NewProjectOptions(
+		[]string{os.Args[1]},
+		cli.WithWorkingDirectory("."),
+		cli.WithDotEnv,
+		cli.WithOsEnv,
+	)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "compose options:", err)
+		os.Exit(1)
+	}
+	project, err := opts.LoadProject(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "compose file invalid:", err)
+		os.Exit(1)
+	}
+	for _, name := range project.ServiceNames() {
+		service := project.Services[name]
+		fmt.Printf("%s\t%s\n", name, service.Image)
+	}
+}
