@@ -6,66 +6,36 @@
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "support/process.rs"]
+mod process;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use process::{sigterm_and_wait, Server};
 use tokio_tungstenite::tungstenite::Message;
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts the real binary with export to `endpoint` over `protocol`, many spans, fast batches.
 fn start(endpoint: &str, protocol: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsmon"))
-        .env("WSMON_SERVER__LISTEN", "127.0.0.1:0")
-        .env("WSMON_LOG__FORMAT", "json")
-        .env("WSMON_TELEMETRY__MESSAGE_SPANS", "all")
-        .env("WSMON_TELEMETRY__METRICS_INTERVAL_MS", "200")
-        .env("WSMON_TELEMETRY__SHUTDOWN_TIMEOUT_MS", "1000")
-        .env("WSMON_SHUTDOWN__GRACE_MS", "2000")
-        // This test is about telemetry, not slow consumers: room for pipelined bursts.
-        .env("WSMON_WEBSOCKET__OUTBOUND_QUEUE", "4096")
+    let env = |k: &'static str, v: &str| (k, v.to_owned());
+    process::start(&[
+        env("WSMON_TELEMETRY__MESSAGE_SPANS", "all"),
+        env("WSMON_TELEMETRY__METRICS_INTERVAL_MS", "200"),
+        env("WSMON_TELEMETRY__SHUTDOWN_TIMEOUT_MS", "1000"),
+        env("WSMON_SHUTDOWN__GRACE_MS", "2000"),
+        // This test is about telemetry, not slow consumers: room for pipelined bursts...
+        env("WSMON_WEBSOCKET__OUTBOUND_QUEUE", "4096"),
         // ... nor about the rate limit: a load run lifts it.
-        .env("WSMON_LIMITS__MESSAGES_PER_SECOND", "1000000")
-        .env("WSMON_LIMITS__MESSAGE_BURST", "1000000")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "500")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env_remove("RUST_LOG")
-        .env_remove("OTEL_SDK_DISABLED")
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = stdout.lines();
-    let addr = loop {
-        let line = lines.next().expect("wsmon logs its address").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "listening" {
-            break v["address"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
+        env("WSMON_LIMITS__MESSAGES_PER_SECOND", "1000000"),
+        env("WSMON_LIMITS__MESSAGE_BURST", "1000000"),
+        env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        env("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+        env("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -129,26 +99,6 @@ async fn metric(addr: SocketAddr, series: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{series} not in /metrics"))
-}
-
-fn sigterm_and_wait(mut server: Server) -> Duration {
-    let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 async fn sustained_run_with_broken_collector(endpoint: &str, protocol: &str) {

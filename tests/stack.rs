@@ -1,1 +1,591 @@
-//! placeholder
+//! End-to-end tests against the real operator stack, run natively by `stack/run test`: Jaeger v2
+//! and Prometheus started by the script, and in each test the real OpenTelemetry Collector built
+//! with `otel/collector.yaml`'s components plus the real wsmon binary.
+
+#[path = "support/process.rs"]
+mod process;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use wsmon::telemetry::names::{Kind, METRICS};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const PATIENCE: Duration = Duration::from_secs(90);
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run these tests with stack/run test"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One collector, configured by `otel/collector.yaml` with loopback addresses.
+struct Collector {
+    child: Child,
+    grpc: u16,
+    http: u16,
+    health: u16,
+}
+
+impl Collector {
+    fn start_on(grpc: u16, http: u16, health: u16) -> Self {
+        let child = Command::new(env("COLLECTOR_BIN"))
+            .args(["--config", &format!("{ROOT}/otel/collector.yaml")])
+            .env("COLLECTOR_OTLP_GRPC_ENDPOINT", format!("127.0.0.1:{grpc}"))
+            .env("COLLECTOR_OTLP_HTTP_ENDPOINT", format!("127.0.0.1:{http}"))
+            .env("COLLECTOR_HEALTH_ENDPOINT", format!("127.0.0.1:{health}"))
+            .env("JAEGER_OTLP_ENDPOINT", env("STACK_JAEGER_OTLP"))
+            .env(
+                "PROMETHEUS_REMOTE_WRITE_URL",
+                format!("http://{}/api/v1/write", env("STACK_PROMETHEUS")),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let c = Self {
+            child,
+            grpc,
+            http,
+            health,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", c.health)).is_err() {
+            assert!(Instant::now() < deadline, "collector did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn start() -> Self {
+        Self::start_on(free_port(), free_port(), free_port())
+    }
+
+    fn stop(mut self) -> (u16, u16, u16) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.grpc, self.http, self.health)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// wsmon exporting to `collector` quickly, with a known instance id.
+fn wsmon(collector: &Collector, instance: &str, extra: &[(&str, String)]) -> process::Server {
+    let mut env: Vec<(&str, String)> = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", collector.grpc),
+        ),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!("service.instance.id={instance}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        ("WSMON_TELEMETRY__METRICS_INTERVAL_MS", "1000".into()),
+        ("WSMON_MONITOR__SAMPLE_INTERVAL_MS", "1000".into()),
+    ];
+    env.extend(extra.iter().cloned());
+    process::start(&env)
+}
+
+fn instance_id(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+async fn connect(
+    server: &process::Server,
+    client: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    tokio_tungstenite::connect_async(format!("ws://{}/ws/{client}", server.addr))
+        .await
+        .unwrap()
+        .0
+}
+
+async fn chat(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    text: &str,
+) {
+    ws.send(Message::text(text)).await.unwrap();
+    let want = format!("You sent: {text}");
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if msg.to_text().unwrap() == want {
+            return;
+        }
+    }
+}
+
+async fn prometheus(expr: &str) -> Result<Vec<Value>, String> {
+    let url = format!("http://{}/api/v1/query", env("STACK_PROMETHEUS"));
+    let body: Value = reqwest::Client::new()
+        .get(url)
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    if body["status"] != "success" {
+        return Err(format!("{expr}: {body}"));
+    }
+    Ok(body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The `websocket.close` span of `client`, from Jaeger's HTTP API.
+async fn close_span(client: &str) -> Option<(Value, Value)> {
+    let url = format!("http://{}/api/traces", env("STACK_JAEGER_QUERY"));
+    let tags = serde_json::json!({ "client.id": client }).to_string();
+    let body: Value = reqwest::Client::new()
+        .get(url)
+        .query(&[
+            ("service", "wsmon"),
+            ("operation", "websocket.close"),
+            ("tags", &tags),
+            ("lookback", "1h"),
+            ("limit", "5"),
+        ])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let trace = body["data"].as_array()?.first()?.clone();
+    let span = trace["spans"]
+        .as_array()?
+        .iter()
+        .find(|s| s["operationName"] == "websocket.close")?
+        .clone();
+    Some((trace, span))
+}
+
+fn tag(span: &Value, key: &str) -> Value {
+    span["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == key)
+        .map(|t| t["value"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn an_individual_disconnect_is_found_in_jaeger_by_client_id() {
+    let collector = Collector::start();
+    let run = instance_id("disconnects");
+    let server = wsmon(&collector, &run, &[]);
+    let (alice_id, bob_id, carol_id) = (
+        format!("alice-{run}"),
+        format!("bob-{run}"),
+        format!("carol-{run}"),
+    );
+    let mut alice = connect(&server, &alice_id).await;
+    let mut bob = connect(&server, &bob_id).await;
+    let carol = connect(&server, &carol_id).await;
+    chat(&mut alice, "one").await;
+    chat(&mut alice, "two").await;
+    chat(&mut bob, "three").await;
+
+    // alice's TCP connection dies (reset), bob closes cleanly, carol is kicked.
+    if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = alice.get_ref() {
+        tcp.set_zero_linger().unwrap();
+    }
+    drop(alice);
+    bob.close(None).await.unwrap();
+    let stats: Value = reqwest::get(format!("http://{}/ws-stats", server.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let carol_conn = stats["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == carol_id.as_str())
+        .unwrap()
+        .clone();
+    let kicked = reqwest::Client::new()
+        .delete(format!(
+            "http://{}/api/v1/connections/{}",
+            server.addr,
+            carol_conn["connection_id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kicked.status(), 202);
+    drop(carol);
+
+    let expectations = [
+        (&alice_id, "client_gone", "network", 2),
+        (&bob_id, "client_closed", "client", 1),
+        (&carol_id, "admin_kick", "server", 0),
+    ];
+    for (client, reason, initiator, received) in expectations {
+        let (trace, close) = eventually(client, || close_span(client)).await;
+        assert_eq!(tag(&close, "close.reason"), reason, "{client}");
+        assert_eq!(tag(&close, "close.initiator"), initiator, "{client}");
+        assert_eq!(tag(&close, "messages.received"), received, "{client}");
+        assert!(
+            tag(&close, "connection.duration_s").as_f64().is_some(),
+            "{client}"
+        );
+        let operations: BTreeSet<String> = trace["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["operationName"].as_str().unwrap().to_owned())
+            .collect();
+        for op in [
+            "websocket.connection",
+            "websocket.open",
+            "websocket.close",
+            "websocket.cleanup",
+        ] {
+            assert!(operations.contains(op), "{client}: {op} in {operations:?}");
+        }
+        let error = tag(&close, "error");
+        assert_eq!(
+            error == Value::Bool(true),
+            reason == "client_gone",
+            "{client}: error status"
+        );
+    }
+    let (_, carol_close) = close_span(&carol_id).await.unwrap();
+    assert_eq!(tag(&carol_close, "close.code_sent"), 4003);
+    assert_eq!(
+        tag(&carol_close, "connection.id"),
+        carol_conn["connection_id"]
+    );
+    process::sigterm_and_wait(server);
+}
+
+/// Series names a /metrics scrape exposes (histograms as _bucket/_sum/_count).
+fn scraped_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+async fn scripted_load(server: &process::Server, tag: &str) {
+    let mut a = connect(server, &format!("a-{tag}")).await;
+    let mut b = connect(server, &format!("b-{tag}")).await;
+    for i in 0..5 {
+        chat(&mut a, &format!("m{i}")).await;
+    }
+    chat(&mut b, "hello").await;
+    b.send(Message::binary(vec![1u8])).await.unwrap(); // an error, closed 1003
+    let _ = reqwest::get(format!("http://{}/ws/%0A", server.addr)).await; // a rejection
+    a.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn every_documented_series_reaches_prometheus_under_the_names_metrics_serves() {
+    let collector = Collector::start();
+    let run = instance_id("series");
+    let server = wsmon(&collector, &run, &[]);
+    scripted_load(&server, &run).await;
+    let scraped = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let names = scraped_names(&scraped);
+    for def in METRICS {
+        let expected = if def.kind == Kind::Histogram {
+            format!("{}_bucket", def.prometheus)
+        } else {
+            def.prometheus.to_owned()
+        };
+        assert!(names.contains(&expected), "/metrics serves {expected}");
+    }
+    for name in &names {
+        let expr = format!("count({{__name__=\"{name}\", instance=\"{run}\"}})");
+        eventually(&expr, || async {
+            prometheus(&expr).await.unwrap().first().cloned()
+        })
+        .await;
+    }
+    process::sigterm_and_wait(server);
+}
+
+fn dashboard_exprs() -> Vec<String> {
+    let dir = Path::new(ROOT).join("grafana/dashboards");
+    let mut exprs = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let d: Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                exprs.push(t["expr"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    exprs
+}
+
+struct Rule {
+    title: String,
+    expr: String,
+    op: String,
+    threshold: f64,
+}
+
+fn alert_rules() -> Vec<Rule> {
+    let dir = Path::new(ROOT).join("grafana/provisioning/alerting");
+    let mut rules = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        for group in doc["groups"].as_sequence().into_iter().flatten() {
+            for r in group["rules"].as_sequence().unwrap() {
+                let data = r["data"].as_sequence().unwrap();
+                let query = data
+                    .iter()
+                    .find(|d| d["model"]["expr"].is_string())
+                    .unwrap();
+                let threshold = data
+                    .iter()
+                    .find(|d| d["model"]["type"] == "threshold")
+                    .unwrap();
+                let evaluator = &threshold["model"]["conditions"][0]["evaluator"];
+                rules.push(Rule {
+                    title: r["title"].as_str().unwrap().to_owned(),
+                    expr: query["model"]["expr"].as_str().unwrap().to_owned(),
+                    op: evaluator["type"].as_str().unwrap().to_owned(),
+                    threshold: evaluator["params"][0].as_f64().unwrap(),
+                });
+            }
+        }
+    }
+    assert!(!rules.is_empty());
+    rules
+}
+
+/// Scopes every wsmon selector in `expr` to one instance and fills Grafana's macros.
+fn scoped(expr: &str, instance: &str) -> String {
+    let expr = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+        .replace("=~\"$instance\"", &format!("=\"{instance}\""));
+    let mut out = String::new();
+    let mut rest = expr.as_str();
+    while let Some(i) = rest.find("websocket_server_") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push_str(&tail[..end]);
+        let after = &tail[end..];
+        if let Some(inner) = after.strip_prefix('{') {
+            if inner.starts_with("instance=") {
+                out.push('{');
+            } else {
+                out.push_str(&format!("{{instance=\"{instance}\","));
+            }
+            rest = inner;
+        } else {
+            out.push_str(&format!("{{instance=\"{instance}\"}}"));
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out.replace(",}", "}")
+}
+
+async fn condition(rule: &Rule, instance: &str) -> (bool, Vec<Value>) {
+    let result = prometheus(&scoped(&rule.expr, instance)).await.unwrap();
+    let fires = result.iter().any(|s| {
+        let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
+        match rule.op.as_str() {
+            "gt" => v > rule.threshold,
+            "lt" => v < rule.threshold,
+            other => panic!("evaluator {other}"),
+        }
+    });
+    (fires, result)
+}
+
+#[tokio::test]
+async fn every_dashboard_and_alert_query_runs_against_prometheus_and_dashboards_return_data() {
+    let collector = Collector::start();
+    let run = instance_id("queries");
+    let server = wsmon(&collector, &run, &[]);
+    scripted_load(&server, &run).await;
+    eventually("metrics in Prometheus", || async {
+        prometheus(&format!(
+            "websocket_server_active_connections{{instance=\"{run}\"}}"
+        ))
+        .await
+        .unwrap()
+        .first()
+        .cloned()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // two samples for rate()
+    for expr in dashboard_exprs() {
+        let q = scoped(&expr, &run);
+        let result = eventually(&q, || async {
+            prometheus(&q).await.ok().filter(|r| !r.is_empty())
+        })
+        .await;
+        assert!(!result.is_empty(), "{q}");
+    }
+    for rule in alert_rules() {
+        prometheus(&scoped(&rule.expr, &run))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", rule.title));
+    }
+    process::sigterm_and_wait(server);
+}
+
+#[tokio::test]
+async fn alert_conditions_stay_false_when_calm_and_fire_on_idle_and_error_spikes() {
+    let collector = Collector::start();
+    let run = instance_id("alerts");
+    let server = wsmon(
+        &collector,
+        &run,
+        &[
+            ("WSMON_MONITOR__IDLE_AFTER_SECS", "2".into()),
+            ("WSMON_LIMITS__IDLE_CLOSE_AFTER_SECS", "600".into()),
+        ],
+    );
+    let rules = alert_rules();
+    let rule = |title: &str| rules.iter().find(|r| r.title == title).unwrap();
+
+    // Calm: six clients chat steadily.
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        clients.push(connect(&server, &format!("calm{i}-{run}")).await);
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        for (i, c) in clients.iter_mut().enumerate() {
+            chat(c, &format!("tick{i}")).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eventually("calm metrics", || async {
+        prometheus(&format!(
+            "websocket_server_messages_total{{instance=\"{run}\",direction=\"received\"}} > 30"
+        ))
+        .await
+        .unwrap()
+        .first()
+        .cloned()
+    })
+    .await;
+    for r in &rules {
+        let (fires, result) = condition(r, &run).await;
+        assert!(!fires, "{} fired in a calm run: {result:?}", r.title);
+    }
+
+    // Idle spike: the same clients fall silent past the idle threshold.
+    eventually("idle spike", || async {
+        condition(rule("Idle spike"), &run).await.0.then_some(())
+    })
+    .await;
+    assert!(
+        !condition(rule("Error spike"), &run).await.0,
+        "idleness is not an error"
+    );
+
+    // Error spike: a burst of binary and oversized frames.
+    for i in 0..90 {
+        let mut c = connect(&server, &format!("bad{i}-{run}")).await;
+        if i % 2 == 0 {
+            c.send(Message::binary(vec![0u8; 8])).await.unwrap();
+        } else {
+            c.send(Message::text("x".repeat(70_000))).await.unwrap();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.next()).await;
+    }
+    eventually("error spike", || async {
+        condition(rule("Error spike"), &run).await.0.then_some(())
+    })
+    .await;
+    drop(clients);
+    process::sigterm_and_wait(server);
+}
+
+#[tokio::test]
+async fn traces_arrive_again_after_a_collector_outage() {
+    let collector = Collector::start();
+    let run = instance_id("outage");
+    let server = wsmon(
+        &collector,
+        &run,
+        &[("OTEL_EXPORTER_OTLP_TIMEOUT", "1000".into())],
+    );
+    let before = format!("before-{run}");
+    let mut c = connect(&server, &before).await;
+    chat(&mut c, "hi").await;
+    c.close(None).await.unwrap();
+    eventually("trace before the outage", || close_span(&before)).await;
+
+    let (grpc, http, health) = collector.stop();
+    // Chat continues while the collector is gone.
+    let mut during = connect(&server, &format!("during-{run}")).await;
+    for i in 0..20 {
+        chat(&mut during, &format!("d{i}")).await;
+    }
+    during.close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let _collector = Collector::start_on(grpc, http, health);
+    let after = format!("after-{run}");
+    let mut c = connect(&server, &after).await;
+    chat(&mut c, "back").await;
+    c.close(None).await.unwrap();
+    eventually("trace after the collector returned", || close_span(&after)).await;
+    process::sigterm_and_wait(server);
+}

@@ -1,0 +1,72 @@
+//! Running the real wsmon binary from tests: start it with environment overrides, learn its
+//! address from its JSON log, stop it with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running wsmon; killed on drop if still running.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts wsmon on a free loopback port with JSON logs and `env` on top.
+pub fn start(env: &[(&str, String)]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsmon"));
+    for (k, _) in
+        std::env::vars().filter(|(k, _)| k.starts_with("WSMON_") || k.starts_with("OTEL_"))
+    {
+        cmd.env_remove(k);
+    }
+    cmd.env("WSMON_SERVER__LISTEN", "127.0.0.1:0")
+        .env("WSMON_LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("wsmon logs its address").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "listening" {
+            break v["address"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, addr }
+}
+
+/// Sends SIGTERM and waits for a successful exit; returns how long it took.
+pub fn sigterm_and_wait(mut server: Server) -> Duration {
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
