@@ -48,8 +48,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::default();
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.shutdown.grace_ms = 2_000;
-    // Every test client comes from 127.0.0.1; tests of the per-address cap set their own.
+    // Every test client comes from 127.0.0.1, and many tests chat faster than a person would:
+    // tests of the per-address cap and of the rate limit set their own values.
     settings.limits.max_connections_per_ip = 10_000;
+    settings.limits.messages_per_second = 1_000_000.0;
+    settings.limits.message_burst = 1_000_000;
     configure(&mut settings);
     let app = Application::build(settings, wsmon::telemetry::metrics::build(None))
         .await
