@@ -215,12 +215,6 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
             "must not exceed monitor.page_max_limit".into(),
         ));
     }
-    if s.admin.table_rows > s.monitor.page_max_limit {
-        return Err((
-            "admin.table_rows".into(),
-            "must not exceed monitor.page_max_limit".into(),
-        ));
-    }
     if !(l.messages_per_second > 0.0 && l.messages_per_second.is_finite()) {
         return Err((
             "limits.messages_per_second".into(),

@@ -47,8 +47,6 @@ pub struct AdminSettings {
     pub push_interval_ms: u64,
     /// Most dashboards streaming at once; more get HTTP 503.
     pub max_streams: usize,
-    /// Connections included in each live update.
-    pub table_rows: usize,
 }
 
 impl Default for AdminSettings {
@@ -56,7 +54,6 @@ impl Default for AdminSettings {
         Self {
             push_interval_ms: 1_000,
             max_streams: 32,
-            table_rows: 100,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! `/admin`: the embedded dashboard (HTML, JS and CSS compiled into the binary, no CDN) and
-//! `/admin/events`, a Server-Sent Events stream pushing totals and the first page of
-//! connections every `admin.push_interval_ms`. At most `admin.max_streams` streams at once.
+//! `/admin`: the embedded dashboard (HTML, JS, CSS and the vendored chart library compiled into
+//! the binary, no CDN) and `/admin/events`, a Server-Sent Events stream pushing the global
+//! figures every `admin.push_interval_ms`. At most `admin.max_streams` streams at once.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -16,12 +16,15 @@ use serde::Serialize;
 
 use super::Monitoring;
 use crate::error::ApiError;
-use crate::monitor::{ConnectionSnapshot, GlobalStats, PageRequest};
+use crate::monitor::GlobalStats;
 
 const INDEX_HTML: &str = include_str!("../../assets/admin/index.html");
 const APP_JS: &str = include_str!("../../assets/admin/app.js");
 const APP_CSS: &str = include_str!("../../assets/admin/app.css");
 const FAVICON: &str = include_str!("../../assets/admin/favicon.svg");
+/// uPlot (MIT, vendored from npm by `scripts/vendor-uplot`).
+const UPLOT_JS: &str = include_str!("../../assets/admin/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../assets/admin/vendor/uPlot.min.css");
 
 /// No inline script or style, nothing from another origin.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -42,6 +45,14 @@ pub(super) fn routes() -> Router<Monitoring> {
         .route(
             "/admin/favicon.svg",
             get(|| asset(FAVICON, "image/svg+xml")),
+        )
+        .route(
+            "/admin/vendor/uPlot.iife.min.js",
+            get(|| asset(UPLOT_JS, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/admin/vendor/uPlot.min.css",
+            get(|| asset(UPLOT_CSS, "text/css; charset=utf-8")),
         )
         .route("/admin/events", get(events))
 }
@@ -69,27 +80,16 @@ async fn asset(body: &'static str, content_type: &'static str) -> impl IntoRespo
     )
 }
 
-/// One pushed update.
+/// One pushed update: the global figures (O(1) to build). The page fetches its table rows
+/// from `/api/v1/connections` with its own paging, sort and search.
 #[derive(Serialize)]
 pub struct Update {
     pub global_stats: GlobalStats,
-    /// The oldest `admin.table_rows` connections.
-    pub connections: Vec<ConnectionSnapshot>,
 }
 
 fn update(m: &Monitoring) -> Update {
-    let rows = m.settings.admin.table_rows;
-    let items = m
-        .registry
-        .page(&PageRequest {
-            limit: rows,
-            ..PageRequest::default()
-        })
-        .map(|p| p.items)
-        .unwrap_or_default();
     Update {
         global_stats: m.registry.global_stats(),
-        connections: items.iter().map(|e| m.registry.snapshot(e)).collect(),
     }
 }
 

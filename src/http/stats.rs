@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::auth::Caller;
+use super::auth::{Caller, Role};
 use super::Monitoring;
 use crate::error::ApiError;
 use crate::monitor::{CloseReason, ConnectionSnapshot, GlobalStats, PageRequest, SortKey};
@@ -24,6 +24,7 @@ pub(super) fn routes() -> Router<Monitoring> {
             "/api/v1/connections/{connection_id}",
             get(show).delete(kick),
         )
+        .route("/api/v1/whoami", get(whoami))
 }
 
 /// `/ws-stats`: the tutorial's document plus wsmon's extra fields.
@@ -59,6 +60,7 @@ pub struct ListQuery {
     limit: Option<usize>,
     cursor: Option<String>,
     client_id: Option<String>,
+    search: Option<String>,
     sort: Option<SortKey>,
 }
 
@@ -88,6 +90,7 @@ async fn list(
         limit,
         cursor: q.cursor,
         client_id: q.client_id,
+        search: q.search,
         sort: q.sort.unwrap_or_default(),
     };
     let page = m
@@ -156,4 +159,14 @@ async fn kick(
             "closing": entry.requested_close().map(CloseReason::as_str),
         })),
     ))
+}
+
+/// What the caller may do: `operator`, `viewer`, or `open` (no auth configured: everything).
+async fn whoami(extensions: Extensions) -> Json<serde_json::Value> {
+    let (role, name) = match extensions.get::<Caller>() {
+        Some(c) if c.role == Role::Operator => ("operator", c.name.as_str()),
+        Some(c) => ("viewer", c.name.as_str()),
+        None => ("open", ""),
+    };
+    Json(serde_json::json!({ "role": role, "name": name, "can_kick": role != "viewer" }))
 }

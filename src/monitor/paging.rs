@@ -31,6 +31,8 @@ pub struct PageRequest {
     pub limit: usize,
     pub cursor: Option<String>,
     pub client_id: Option<String>,
+    /// Case-insensitive substring of the client id or address (a scan; see [`Registry::page`]).
+    pub search: Option<String>,
     pub sort: SortKey,
 }
 
@@ -52,8 +54,9 @@ impl Registry {
     /// message path.
     pub fn page(&self, req: &PageRequest) -> Result<Page, InvalidCursor> {
         let limit = req.limit.max(1);
+        let searching = req.search.as_deref().is_some_and(|s| !s.is_empty());
         match req.sort {
-            SortKey::Oldest | SortKey::Newest => self.page_by_age(req, limit),
+            SortKey::Oldest | SortKey::Newest if !searching => self.page_by_age(req, limit),
             _ => self.page_by_value(req, limit),
         }
     }
@@ -100,11 +103,24 @@ impl Registry {
             Some(client) => self.by_client(client),
             None => self.scan_all(),
         };
+        if let Some(needle) = req.search.as_deref().filter(|s| !s.is_empty()) {
+            let needle = needle.to_lowercase();
+            all.retain(|e| {
+                let info = e.info();
+                info.client_id.to_lowercase().contains(&needle)
+                    || info
+                        .address
+                        .is_some_and(|a| a.to_string().contains(&needle))
+            });
+        }
         let key = |e: &ConnectionEntry| -> u128 {
             match req.sort {
                 SortKey::Messages => u128::from(e.messages_received()),
                 SortKey::Idle => e.idle_for().as_micros(),
-                _ => e.queue_depth() as u128,
+                SortKey::Queue => e.queue_depth() as u128,
+                // Oldest: equal keys, so the age tie-break orders them; Newest: by age, reversed.
+                SortKey::Oldest => 0,
+                SortKey::Newest => u128::from(e.seq),
             }
         };
         // Largest first; ties by age so pages are stable while values do not change.

@@ -19,6 +19,7 @@ use super::close::{CloseReason, RejectReason};
 use super::entry::{ConnectionEntry, ConnectionInfo, ConnectionSnapshot};
 use super::guard::ConnectionGuard;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::names::DURATION_BUCKETS;
 
 /// Server-wide counters, updated lock-free, and the metric handles they mirror.
 pub struct Totals {
@@ -29,6 +30,8 @@ pub struct Totals {
     pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) disconnects: [AtomicU64; CloseReason::ALL.len()],
+    /// Ended connections per duration bucket ([`DURATION_BUCKETS`], then one for longer).
+    pub(crate) durations: [AtomicU64; DURATION_BUCKETS.len() + 1],
     pub(crate) rejections: [AtomicU64; RejectReason::ALL.len()],
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -43,6 +46,7 @@ impl Totals {
             bytes_received: AtomicU64::default(),
             bytes_sent: AtomicU64::default(),
             disconnects: Default::default(),
+            durations: Default::default(),
             rejections: Default::default(),
             metrics,
         }
@@ -76,6 +80,13 @@ pub struct Registry {
     trace_url_template: Arc<str>,
 }
 
+/// One bucket of the ended-connection duration histogram.
+#[derive(Debug, Clone, Serialize)]
+pub struct DurationBucket {
+    pub le: Option<f64>,
+    pub count: u64,
+}
+
 /// Global figures as `/ws-stats` shows them; the first four are the tutorial's contract.
 #[derive(Debug, Clone, Serialize)]
 pub struct GlobalStats {
@@ -87,6 +98,9 @@ pub struct GlobalStats {
     pub bytes_sent: u64,
     /// Ended connections by close reason (every reason present, zeros included).
     pub disconnects: BTreeMap<&'static str, u64>,
+    /// Ended connections by duration: per bucket (not cumulative), `le` in seconds, the last
+    /// bucket (`le: null`) holds the longer ones.
+    pub connection_durations: Vec<DurationBucket>,
     /// Refused upgrades by reason (every reason present).
     pub rejections: BTreeMap<&'static str, u64>,
 }
@@ -191,7 +205,10 @@ impl Registry {
         let metrics = &self.totals.metrics;
         metrics.active_connections.decrement(1.0);
         metrics.connections_closed[reason.index()].increment(1);
-        metrics.connection_duration[reason.index()].record(entry.age().as_secs_f64());
+        let seconds = entry.age().as_secs_f64();
+        metrics.connection_duration[reason.index()].record(seconds);
+        let bucket = DURATION_BUCKETS.partition_point(|le| *le < seconds);
+        self.totals.durations[bucket].fetch_add(1, Relaxed);
         if let Some(errors) = &metrics.errors[reason.index()] {
             errors.increment(1);
         }
@@ -228,6 +245,15 @@ impl Registry {
             bytes_received: t.bytes_received.load(Relaxed),
             bytes_sent: t.bytes_sent.load(Relaxed),
             disconnects: by(&close_names, &t.disconnects),
+            connection_durations: t
+                .durations
+                .iter()
+                .enumerate()
+                .map(|(i, c)| DurationBucket {
+                    le: DURATION_BUCKETS.get(i).copied(),
+                    count: c.load(Relaxed),
+                })
+                .collect(),
             rejections: by(&reject_names, &t.rejections),
         }
     }

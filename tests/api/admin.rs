@@ -22,6 +22,14 @@ async fn the_dashboard_is_served_with_a_strict_csp_and_no_external_resources() {
     );
     let html = response.text().await.unwrap();
     assert!(html.contains(r#"<script src="/admin/app.js""#));
+    for vendored in [
+        "/admin/vendor/uPlot.iife.min.js",
+        "/admin/vendor/uPlot.min.css",
+    ] {
+        assert!(html.contains(vendored));
+        let r = app.http.get(app.url(vendored)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{vendored} is embedded");
+    }
     assert!(
         !html.contains("http://") && !html.contains("https://"),
         "no external URLs"
@@ -85,7 +93,7 @@ async fn open_stream(app: &TestApp) -> reqwest::Response {
 }
 
 #[tokio::test]
-async fn the_event_stream_pushes_live_totals_and_connections() {
+async fn the_event_stream_pushes_live_totals_and_the_duration_histogram() {
     let app = spawn_app_with(|s| s.admin.push_interval_ms = 50).await;
     let mut body = open_stream(&app).await.bytes_stream();
     let mut buf = String::new();
@@ -97,7 +105,10 @@ async fn the_event_stream_pushes_live_totals_and_connections() {
         u["global_stats"]["active_connections"] == 1
     })
     .await;
-    assert_eq!(update["connections"][0]["client_id"], "<b>live</b>");
+    assert!(
+        update.get("connections").is_none(),
+        "rows come from the paged API"
+    );
 
     c.send("ping").await;
     next_update(&mut body, &mut buf, |u| {
@@ -105,10 +116,56 @@ async fn the_event_stream_pushes_live_totals_and_connections() {
     })
     .await;
     drop(c);
-    next_update(&mut body, &mut buf, |u| {
+    let last = next_update(&mut body, &mut buf, |u| {
         u["global_stats"]["active_connections"] == 0
     })
     .await;
+    // The ended connection lasted under a second: first duration bucket (le 1 s).
+    let buckets = last["global_stats"]["connection_durations"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        buckets.len(),
+        wsmon::telemetry::names::DURATION_BUCKETS.len() + 1
+    );
+    assert_eq!(buckets[0]["le"], 1.0);
+    assert_eq!(buckets[0]["count"], 1);
+    assert_eq!(buckets.last().unwrap()["le"], serde_json::Value::Null);
+    let total: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 1);
+}
+
+#[tokio::test]
+async fn search_finds_connections_by_client_id_or_address_in_any_sort_order() {
+    let app = spawn_app().await;
+    let _a = app.connect("Alice-phone").await;
+    let _b = app.connect("bob").await;
+    let _c = app.connect("alice-laptop").await;
+    app.wait_for_active(3).await;
+    for sort in ["oldest", "newest", "idle"] {
+        let (status, page) = app
+            .get_json(&format!("/api/v1/connections?search=ALICE&sort={sort}"))
+            .await;
+        assert_eq!(status, 200);
+        let mut ids: Vec<_> = page["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["client_id"].as_str().unwrap().to_owned())
+            .collect();
+        if sort == "newest" {
+            assert_eq!(ids, ["alice-laptop", "Alice-phone"]);
+        }
+        ids.sort();
+        assert_eq!(ids, ["Alice-phone", "alice-laptop"], "{sort}");
+    }
+    let (_, page) = app
+        .get_json("/api/v1/connections?search=127.0.0&limit=2")
+        .await;
+    assert_eq!(page["connections"].as_array().unwrap().len(), 2);
+    assert!(page["next_cursor"].is_string(), "by address, paged");
+    let (_, whoami) = app.get_json("/api/v1/whoami").await;
+    assert_eq!(whoami["role"], "open");
 }
 
 #[tokio::test]

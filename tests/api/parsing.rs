@@ -66,7 +66,7 @@ proptest! {
         let registry = Registry::new(Duration::from_secs(300));
         let _guards: Vec<_> = (0..5).map(|i| registry.register(ConnectionInfo::new(format!("c{i}")))).collect();
         let sort = [SortKey::Oldest, SortKey::Newest, SortKey::Messages, SortKey::Idle, SortKey::Queue][sort];
-        let req = PageRequest { limit: 2, cursor: Some(cursor), client_id: None, sort };
+        let req = PageRequest { limit: 2, cursor: Some(cursor), client_id: None, search: None, sort };
         if let Ok(page) = registry.page(&req) {
             prop_assert!(page.items.len() <= 2);
         }
