@@ -1,0 +1,398 @@
+//! wsmon-load: a load generator that speaks the chat contract, for benchmarks. One JSON object
+//! per run on stdout, with the client's own CPU time so a saturated client is visible.
+//! Only loopback targets; every loop is bounded in count and in time (`--max-secs`).
+//!
+//! Run: `cargo run --release --example wsmon-load -- --target 127.0.0.1:8000 echo`.
+//!
+//!   wsmon-load echo      --clients N --messages M --size S
+//!   wsmon-load broadcast --receivers R --messages M
+//!   wsmon-load idle      --connections N --hold-secs T [--server-pid P]
+//!   wsmon-load churn     --cycles C --abrupt-share F [--server-pid P]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+#[derive(Parser)]
+#[command(about = "Load generator for wsmon and servers with the same chat contract")]
+struct Cli {
+    /// Server address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    target: SocketAddr,
+    /// Stop any run after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    max_secs: u64,
+    /// Label copied into the output.
+    #[arg(long, default_value = "")]
+    label: String,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// N clients each send M messages of S bytes and await their personal reply (closed loop).
+    Echo {
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+    },
+    /// R receivers; one sender sends M timestamped messages (closed loop on its own reply).
+    Broadcast {
+        #[arg(long, default_value_t = 1_000)]
+        receivers: usize,
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+    },
+    /// Open and hold N connections; report the connect rate and the server's RSS per connection.
+    Idle {
+        #[arg(long, default_value_t = 5_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 3)]
+        hold_secs: u64,
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// Connect, chat once, disconnect; a share of the disconnects are abrupt (no close frame).
+    Churn {
+        #[arg(long, default_value_t = 2_000)]
+        cycles: usize,
+        #[arg(long, default_value_t = 0.3)]
+        abrupt_share: f64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+}
+
+type Ws = WebSocketStream<tokio::net::TcpStream>;
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on a zeroed struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Connects from 127.0.0.(1 + n % 8), so ephemeral ports last for tens of thousands of sockets.
+async fn connect(target: SocketAddr, client: &str, n: usize) -> std::io::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    if target.ip().is_loopback() {
+        socket.bind(SocketAddr::new(
+            IpAddr::from([127, 0, 0, 1 + (n % 8) as u8]),
+            0,
+        ))?;
+    }
+    let tcp = socket.connect(target).await?;
+    tcp.set_nodelay(true)?;
+    let url = format!("ws://{target}/ws/{client}");
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(ws)
+}
+
+async fn next_text(ws: &mut Ws) -> Option<String> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn echo(
+    target: SocketAddr,
+    clients: usize,
+    messages: usize,
+    size: usize,
+    deadline: Instant,
+) -> serde_json::Value {
+    let payload = "x".repeat(size);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = connect(target, &format!("echo{i}"), i).await.unwrap();
+            let want = format!("You sent: {payload}");
+            let mut rtts = Vec::with_capacity(messages);
+            for _ in 0..messages {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let t = Instant::now();
+                ws.send(Message::text(payload.clone())).await.unwrap();
+                loop {
+                    match next_text(&mut ws).await {
+                        Some(text) if text == want => break,
+                        Some(_) => {}
+                        None => return rtts,
+                    }
+                }
+                rtts.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let _ = ws.close(None).await;
+            rtts
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    json!({
+        "mode": "echo", "clients": clients, "messages": all.len(), "size": size,
+        "secs": secs, "round_trips_per_s": all.len() as f64 / secs,
+        "rtt_us": { "p50": percentile(&all, 0.5), "p95": percentile(&all, 0.95), "p99": percentile(&all, 0.99) },
+    })
+}
+
+async fn broadcast(
+    target: SocketAddr,
+    receivers: usize,
+    messages: usize,
+    deadline: Instant,
+) -> serde_json::Value {
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(receivers.max(1));
+    for i in 0..receivers {
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = connect(target, &format!("recv{i}"), i).await.unwrap();
+            let _ = ready.send(()).await;
+            let mut latencies = Vec::with_capacity(messages);
+            while latencies.len() < messages && Instant::now() < deadline {
+                let Ok(Some(text)) =
+                    tokio::time::timeout(Duration::from_secs(10), next_text(&mut ws)).await
+                else {
+                    break;
+                };
+                if let Some(ts) = text.strip_prefix("Client #sender says: ") {
+                    let sent: u128 = ts.parse().unwrap_or(0);
+                    latencies.push((now_ns().saturating_sub(sent)) as f64 / 1e6);
+                }
+            }
+            let _ = ws.close(None).await;
+            latencies
+        }));
+    }
+    for _ in 0..receivers {
+        ready_rx.recv().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // every receiver is a member
+    let mut sender = connect(target, "sender", receivers).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..messages {
+        if Instant::now() > deadline {
+            break;
+        }
+        sender
+            .send(Message::text(now_ns().to_string()))
+            .await
+            .unwrap();
+        while let Some(text) = next_text(&mut sender).await {
+            if text.starts_with("You sent: ") {
+                break;
+            }
+        }
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = sender.close(None).await;
+    all.sort_by(f64::total_cmp);
+    json!({
+        "mode": "broadcast", "receivers": receivers, "messages": messages, "deliveries": all.len(),
+        "expected_deliveries": receivers * messages, "secs": secs,
+        "deliveries_per_s": all.len() as f64 / secs,
+        "fanout_ms": { "p50": percentile(&all, 0.5), "p99": percentile(&all, 0.99) },
+    })
+}
+
+async fn idle(
+    target: SocketAddr,
+    connections: usize,
+    hold: u64,
+    pid: Option<u32>,
+    deadline: Instant,
+) -> serde_json::Value {
+    raise_fd_limit();
+    let before = pid.and_then(rss_kib);
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(connections);
+    for i in 0..connections {
+        if Instant::now() > deadline {
+            break;
+        }
+        match connect(target, &format!("idle{i}"), i).await {
+            Ok(ws) => held.push(ws),
+            Err(e) => {
+                eprintln!("connection {i} failed: {e}");
+                break;
+            }
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let during = pid.and_then(rss_kib);
+    let per_conn = match (before, during) {
+        (Some(b), Some(d)) if !held.is_empty() => {
+            Some((d.saturating_sub(b)) as f64 * 1024.0 / held.len() as f64)
+        }
+        _ => None,
+    };
+    let n = held.len();
+    drop(held);
+    json!({
+        "mode": "idle", "connections": n, "connects_per_s": n as f64 / connect_secs,
+        "server_rss_kib_before": before, "server_rss_kib_held": during,
+        "server_rss_bytes_per_connection": per_conn,
+    })
+}
+
+async fn churn(
+    target: SocketAddr,
+    cycles: usize,
+    abrupt: f64,
+    concurrency: usize,
+    pid: Option<u32>,
+    deadline: Instant,
+) -> serde_json::Value {
+    let before = pid.and_then(rss_kib);
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= cycles || Instant::now() > deadline {
+                    return done;
+                }
+                let Ok(mut ws) = connect(target, &format!("churn{i}"), i).await else {
+                    continue;
+                };
+                let _ = ws.send(Message::text("hi")).await;
+                while let Some(text) = next_text(&mut ws).await {
+                    if text.starts_with("You sent: ") {
+                        break;
+                    }
+                }
+                if (i % 100) as f64 >= abrupt * 100.0 {
+                    let _ = ws.close(None).await;
+                } else {
+                    let _ = ws.get_ref().set_zero_linger();
+                }
+                drop(ws);
+                done += 1;
+            }
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    json!({
+        "mode": "churn", "cycles": done, "secs": secs, "cycles_per_s": done as f64 / secs,
+        "abrupt_share": abrupt, "server_rss_kib_before": before, "server_rss_kib_after": pid.and_then(rss_kib),
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if !cli.target.ip().is_loopback() {
+        eprintln!("wsmon-load: only loopback targets are allowed");
+        std::process::exit(2);
+    }
+    let deadline = Instant::now() + Duration::from_secs(cli.max_secs);
+    let cpu = cpu_seconds();
+    let mut out = match cli.mode {
+        Mode::Echo {
+            clients,
+            messages,
+            size,
+        } => echo(cli.target, clients, messages, size, deadline).await,
+        Mode::Broadcast {
+            receivers,
+            messages,
+        } => broadcast(cli.target, receivers, messages, deadline).await,
+        Mode::Idle {
+            connections,
+            hold_secs,
+            server_pid,
+        } => idle(cli.target, connections, hold_secs, server_pid, deadline).await,
+        Mode::Churn {
+            cycles,
+            abrupt_share,
+            concurrency,
+            server_pid,
+        } => {
+            churn(
+                cli.target,
+                cycles,
+                abrupt_share,
+                concurrency,
+                server_pid,
+                deadline,
+            )
+            .await
+        }
+    };
+    out["label"] = json!(cli.label);
+    out["client_cpu_s"] = json!(cpu_seconds() - cpu);
+    println!("{out}");
+}
