@@ -18,7 +18,9 @@ fn filled(n: usize) -> (Registry, Vec<ConnectionGuard>) {
 
 fn registry(c: &mut Criterion) {
     let mut group = c.benchmark_group("registry");
-    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
     for n in [50_000usize, 1_000_000] {
         let (registry, guards) = filled(n);
         group.bench_with_input(BenchmarkId::new("register_release", n), &n, |b, _| {

@@ -12,6 +12,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -95,7 +96,9 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new()
         .route("/ws/{client_id}", get(upgrade))
         .with_state(Room::default());
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let listener = tokio::net::TcpListener::bind(&addr).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     println!("bare chat on ws://{addr}/ws/<client_id>");
     axum::serve(listener, app).await
 }
