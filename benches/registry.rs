@@ -46,7 +46,12 @@ fn registry(c: &mut Criterion) {
                         ..PageRequest::default()
                     })
                     .unwrap();
-                black_box(page.items.iter().map(|e| registry.snapshot(e)).count())
+                black_box(
+                    page.items
+                        .iter()
+                        .map(|e| registry.snapshot(e))
+                        .collect::<Vec<_>>(),
+                )
             })
         });
         group.bench_with_input(BenchmarkId::new("page_100_by_messages", n), &n, |b, _| {
