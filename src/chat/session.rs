@@ -234,7 +234,8 @@ where
             // Every sender is gone: the membership was dropped, the session is ending.
             return End::Server(CloseReason::InternalError);
         }
-        let sizes: Vec<usize> = batch.iter().map(|t| t.as_str().len()).collect();
+        let frames = batch.len() as u64;
+        let bytes: usize = batch.iter().map(|t| t.as_str().len()).sum();
         let write = async {
             for text in batch.drain(..) {
                 sink.feed(Message::Text(text)).await?;
@@ -244,7 +245,7 @@ where
         match tokio::time::timeout(send_timeout, write).await {
             Err(_) => return End::Server(CloseReason::SlowConsumer),
             Ok(Err(_)) => return End::WriteFailed,
-            Ok(Ok(())) => sizes.into_iter().for_each(|n| entry.record_sent(n)),
+            Ok(Ok(())) => entry.record_sent_many(frames, bytes),
         }
     }
 }
