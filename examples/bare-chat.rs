@@ -38,7 +38,7 @@ async fn upgrade(
     Path(client_id): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.read_buffer_size(4096)
+    ws.read_buffer_size(1024)
         .write_buffer_size(8192)
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| session(socket, room, client_id))

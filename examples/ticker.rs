@@ -30,7 +30,7 @@ async fn subscribe(
     info.route = Some("/ticker/{client_id}");
     let guard = registry.register(info);
     let span = guard.span().clone();
-    ws.read_buffer_size(4096)
+    ws.read_buffer_size(1024)
         .on_upgrade(move |socket| stream_prices(socket, guard).instrument(span))
 }
 

@@ -58,7 +58,7 @@ impl Default for WebSocketSettings {
         Self {
             max_message_size: 64 * 1024,
             max_frame_size: 64 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 1024,
             write_buffer_size: 8 * 1024,
             max_write_buffer_size: 1024 * 1024,
             outbound_queue: 256,
