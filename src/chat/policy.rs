@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 
 use super::hub::Membership;
 use super::protocol;
+use crate::config::MessageSpans;
 use crate::monitor::{CloseReason, ConnectionEntry};
 
 /// Rate limit settings for one connection.
@@ -165,11 +166,11 @@ pub struct MessageSampler {
 
 impl MessageSampler {
     /// From the settings: `off`, `ratio` (every ⌈1/ratio⌉-th message) or `all`.
-    pub fn new(policy: crate::config::MessageSpans, ratio: f64) -> Self {
+    pub fn new(policy: MessageSpans, ratio: f64) -> Self {
         let every = match policy {
-            crate::config::MessageSpans::Off => None,
-            crate::config::MessageSpans::All => Some(1),
-            crate::config::MessageSpans::Ratio => Some((1.0 / ratio).ceil().max(1.0) as u64),
+            MessageSpans::Off => None,
+            MessageSpans::All => Some(1),
+            MessageSpans::Ratio => Some((1.0 / ratio).ceil().max(1.0) as u64),
         };
         Self { every }
     }

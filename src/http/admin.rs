@@ -31,30 +31,32 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
                    frame-ancestors 'none'";
 
+/// The embedded files besides the page: path, body, content type.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("/admin/app.js", APP_JS, "text/javascript; charset=utf-8"),
+    ("/admin/app.css", APP_CSS, "text/css; charset=utf-8"),
+    ("/admin/favicon.svg", FAVICON, "image/svg+xml"),
+    (
+        "/admin/vendor/uPlot.iife.min.js",
+        UPLOT_JS,
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "/admin/vendor/uPlot.min.css",
+        UPLOT_CSS,
+        "text/css; charset=utf-8",
+    ),
+];
+
 pub(super) fn routes() -> Router<Monitoring> {
-    Router::new()
-        .route("/admin", get(index))
-        .route(
-            "/admin/app.js",
-            get(|| asset(APP_JS, "text/javascript; charset=utf-8")),
-        )
-        .route(
-            "/admin/app.css",
-            get(|| asset(APP_CSS, "text/css; charset=utf-8")),
-        )
-        .route(
-            "/admin/favicon.svg",
-            get(|| asset(FAVICON, "image/svg+xml")),
-        )
-        .route(
-            "/admin/vendor/uPlot.iife.min.js",
-            get(|| asset(UPLOT_JS, "text/javascript; charset=utf-8")),
-        )
-        .route(
-            "/admin/vendor/uPlot.min.css",
-            get(|| asset(UPLOT_CSS, "text/css; charset=utf-8")),
-        )
-        .route("/admin/events", get(events))
+    ASSETS.iter().fold(
+        Router::new()
+            .route("/admin", get(index))
+            .route("/admin/events", get(events)),
+        |router, &(path, body, content_type)| {
+            router.route(path, get(move || asset(body, content_type)))
+        },
+    )
 }
 
 async fn index() -> impl IntoResponse {

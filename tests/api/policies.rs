@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn_app, spawn_app_with, Client, TestApp, RECV_TIMEOUT};
+use crate::helpers::{spawn_app_with, Client, TestApp, RECV_TIMEOUT};
 
 /// A client whose messages are read continuously by a task (so it answers pings), with the
 /// texts forwarded to a channel.
@@ -464,5 +464,4 @@ async fn the_readme_lists_every_close_and_rejection_reason() {
             r.as_str()
         );
     }
-    let _ = spawn_app; // the helpers are shared with the other modules
 }
