@@ -21,14 +21,19 @@ pub enum ApiError {
     /// 404: no live connection with that id.
     #[error("{0}")]
     NotFound(String),
-    /// 503: a bounded resource (e.g. dashboard streams) is exhausted.
+    /// 503: a bounded resource (e.g. dashboard streams) is exhausted, or the Redis backplane
+    /// is down.
     #[error("{0}")]
     Unavailable(String),
+    /// 504: another node did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
+impl ApiError {
+    /// The status and JSON body this error is served as.
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
+        let (status, code) = match self {
             ApiError::Rejected(r, _) => (
                 StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
                 r.as_str(),
@@ -36,9 +41,19 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "node_timeout"),
         };
-        let body = Json(json!({ "error": code, "message": self.to_string() }));
-        let mut response = (status, body).into_response();
+        (
+            status,
+            json!({ "error": code, "message": self.to_string() }),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        let mut response = (status, Json(body)).into_response();
         if matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

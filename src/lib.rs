@@ -6,10 +6,12 @@
 //! - [`telemetry`]: logging setup.
 //! - [`monitor`]: the reusable monitoring core (registry, connection guard, close reasons).
 //! - [`chat`]: the chat application (protocol texts, hub, session).
+//! - [`cluster`]: several nodes over Redis (chat across nodes, cluster view, remote kicks).
 //! - [`http`]: routers (chat upgrade, stats API, admin dashboard, health).
 //! - [`error`]: the HTTP API's error type.
 
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;

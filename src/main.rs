@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use wsmon::telemetry::Telemetry;
-use wsmon::{config, shutdown, startup::Application};
+use wsmon::{cluster, config, shutdown, startup::Application};
 
 /// jemalloc, purging freed memory in a background thread: with glibc malloc, RSS stayed at its
 /// peak after thousands of connections closed; with this, it returns close to the baseline.
@@ -35,7 +35,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match config::load(cli.config.as_deref()) {
+    let mut settings = match config::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wsmon: {e}");
@@ -46,6 +46,8 @@ async fn main() -> ExitCode {
         println!("{}", config::to_toml(&settings));
         return ExitCode::SUCCESS;
     }
+    // One id for the cluster view and the telemetry resource.
+    cluster::resolve_node_id(&mut settings.cluster);
     let telemetry = match Telemetry::init(&settings).await {
         Ok(t) => t,
         Err(e) => {

@@ -1,8 +1,8 @@
 //! [`Application`]: binds the listener (port 0 works), assembles the routers, and runs until
 //! stopped: on the stop signal it turns unready (and refuses upgrades), waits
 //! `shutdown.drain_delay_ms`, closes every WebSocket as `server_shutdown`,
-//! waits for sessions within the grace period (logging whether the drain completed), then
-//! stops the HTTP server.
+//! waits for sessions within the grace period (logging whether the drain completed), leaves the
+//! cluster (if any), then stops the HTTP server.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,11 +20,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::chat::policy::{MessageSampler, RateLimit};
 use crate::chat::session::SessionLimits;
 use crate::chat::Hub;
+use crate::cluster::{self, Cluster};
 use crate::config::{parse_proxies, Settings};
 use crate::http::auth::Auth;
 use crate::http::origin::OriginPolicy;
 use crate::http::ws::{self, ChatState};
-use crate::http::{monitoring_router, Monitoring, MonitoringSettings};
+use crate::http::{monitoring_router, stats, Monitoring, MonitoringSettings, Node};
 use crate::monitor::limits::ConnectionLimiter;
 use crate::monitor::{sampler, Registry, RegistryOptions};
 use crate::telemetry::metrics::MetricsHandle;
@@ -42,6 +43,7 @@ pub struct Application {
     sessions: TaskTracker,
     drain_delay: Duration,
     grace: Duration,
+    cluster: Option<Cluster>,
 }
 
 /// How often histogram buckets are drained in the Prometheus recorder (its upkeep).
@@ -50,9 +52,19 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 impl Application {
     /// Binds `settings.server.listen` and builds the routers, recording into `metrics`.
     /// Settings must come from [`crate::config::load`] (or be otherwise valid).
-    pub async fn build(settings: Settings, metrics: MetricsHandle) -> std::io::Result<Self> {
+    pub async fn build(mut settings: Settings, metrics: MetricsHandle) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.server.listen).await?;
         let addr = listener.local_addr()?;
+        cluster::resolve_node_id(&mut settings.cluster);
+        let node = Node {
+            id: settings.cluster.node_id.clone(),
+            address: if settings.cluster.advertise_url.is_empty() {
+                format!("http://{addr}")
+            } else {
+                settings.cluster.advertise_url.clone()
+            },
+            started_at: crate::monitor::entry::rfc3339(crate::monitor::entry::now_us()),
+        };
         let registry = Registry::with_options(RegistryOptions {
             idle_after: settings.monitor.idle_after(),
             trace_url_template: settings.telemetry.trace_url_template.clone(),
@@ -63,9 +75,10 @@ impl Application {
         let sessions = TaskTracker::new();
         let trusted_proxies = parse_proxies(&settings.server.trusted_proxies)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let hub = Hub::new(metrics.metrics.clone());
         let chat = ChatState {
             registry: registry.clone(),
-            hub: Hub::new(metrics.metrics.clone()),
+            hub: hub.clone(),
             websocket: Arc::new(settings.websocket.clone()),
             trusted_proxies: Arc::new(trusted_proxies),
             shutdown: shutdown.clone(),
@@ -87,7 +100,24 @@ impl Application {
             shutdown.clone(),
         )
         .with_prometheus(metrics.prometheus.clone())
-        .with_auth(Auth::new(&settings.auth));
+        .with_auth(Auth::new(&settings.auth))
+        .with_node(node.clone());
+        let cluster = settings.cluster.enabled().then(|| {
+            Cluster::start(
+                &settings.cluster,
+                cluster::Membership {
+                    address: node.address.clone(),
+                    hub,
+                    registry: registry.clone(),
+                    metrics: metrics.metrics.clone(),
+                    serve: stats::serve_remote(monitoring.clone()),
+                },
+            )
+        });
+        let monitoring = match &cluster {
+            Some(c) => monitoring.with_cluster(c.clone()),
+            None => monitoring,
+        };
         let router = ws::router(chat).merge(monitoring_router(monitoring));
         Ok(Self {
             listener,
@@ -101,6 +131,7 @@ impl Application {
             sessions,
             drain_delay: Duration::from_millis(settings.shutdown.drain_delay_ms),
             grace: settings.shutdown.grace(),
+            cluster,
         })
     }
 
@@ -146,6 +177,7 @@ impl Application {
             sessions,
             drain_delay,
             grace,
+            cluster,
         } = self;
         tokio::spawn(sampler::run(
             registry.clone(),
@@ -195,6 +227,10 @@ impl Application {
                 remaining = registry.active(),
                 "drain incomplete at end of grace period"
             );
+        }
+        if let Some(cluster) = cluster {
+            // After the drain, so the leave notices of this node's clients reach the others.
+            cluster.stop().await;
         }
         http_stop.cancel();
         match tokio::time::timeout(grace, server).await {

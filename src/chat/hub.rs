@@ -3,10 +3,12 @@
 //! A member whose queue is full is asked to close as `slow_consumer` (so a client that stays
 //! connected never silently misses a message).
 //!
-//! `publish` is the single fan-out seam: a multi-node backplane replaces what happens behind it.
+//! `publish` is the single fan-out seam: with a backplane ([`Forward`], e.g. Redis), what is
+//! published here is also handed to it, and what other nodes publish arrives through
+//! [`Hub::deliver_remote`], which fans out locally only.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
@@ -25,6 +27,12 @@ pub struct Envelope {
     pub except: Option<Uuid>,
 }
 
+/// Carries messages published on this node to the other nodes. `forward` must not wait: it
+/// runs inside the fan-out of the publishing session.
+pub trait Forward: Send + Sync {
+    fn forward(&self, text: &Utf8Bytes);
+}
+
 struct Member {
     tx: mpsc::Sender<Utf8Bytes>,
     entry: Arc<ConnectionEntry>,
@@ -36,6 +44,8 @@ pub struct Hub {
     /// A std `RwLock`: held only for `try_send` loops and map updates, never across an await.
     members: Arc<RwLock<HashMap<Uuid, Member>>>,
     metrics: Arc<Metrics>,
+    /// The backplane, once one is attached.
+    forward: Arc<OnceLock<Arc<dyn Forward>>>,
 }
 
 impl Default for Hub {
@@ -58,7 +68,14 @@ impl Hub {
         Self {
             members: Arc::default(),
             metrics,
+            forward: Arc::default(),
         }
+    }
+
+    /// Hands every message published from now on to `forward` as well (once; later calls are
+    /// ignored and return `false`).
+    pub fn set_forward(&self, forward: Arc<dyn Forward>) -> bool {
+        self.forward.set(forward).is_ok()
     }
 
     /// Joins `entry` with an outbound queue of `capacity` messages. From the moment this
@@ -93,9 +110,23 @@ impl Hub {
         (membership, rx)
     }
 
-    /// Offers `envelope` to every member without waiting. Members whose queue is full are
-    /// asked to close as `slow_consumer`; returns how many members accepted it.
+    /// Offers `envelope` to every member without waiting, then to the backplane (if any).
+    /// Members whose queue is full are asked to close as `slow_consumer`; returns how many
+    /// local members accepted it.
     pub fn publish(&self, envelope: Envelope) -> usize {
+        let delivered = self.fan_out(&envelope);
+        if let Some(forward) = self.forward.get() {
+            forward.forward(&envelope.text);
+        }
+        delivered
+    }
+
+    /// Fans out a message another node published, to local members only.
+    pub fn deliver_remote(&self, text: Utf8Bytes) -> usize {
+        self.fan_out(&Envelope { text, except: None })
+    }
+
+    fn fan_out(&self, envelope: &Envelope) -> usize {
         let started = Instant::now();
         let members = self.members.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;

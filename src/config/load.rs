@@ -234,6 +234,7 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
         parse_origin(origin).map_err(|e| ("security.allowed_origins".to_string(), e))?;
     }
     check_auth(s)?;
+    check_cluster(&s.cluster)?;
     let t = &s.telemetry;
     if !(t.message_span_ratio > 0.0 && t.message_span_ratio <= 1.0) {
         return Err((
@@ -306,6 +307,45 @@ fn check_auth(s: &Settings) -> Result<(), (String, String)> {
                 s.server.listen
             ),
         ));
+    }
+    Ok(())
+}
+
+fn check_cluster(c: &super::ClusterSettings) -> Result<(), (String, String)> {
+    let err = |key: &str, message: &str| Err((format!("cluster.{key}"), message.to_owned()));
+    if !c.node_id.is_empty() && !super::valid_node_id(&c.node_id) {
+        return err("node_id", "1 to 64 characters of A-Z a-z 0-9 . _ -");
+    }
+    if c.prefix.is_empty() || !super::valid_node_id(&c.prefix) {
+        return err("prefix", "1 to 64 characters of A-Z a-z 0-9 . _ -");
+    }
+    if !c.redis_url.is_empty() {
+        if !(c.redis_url.starts_with("redis://") || c.redis_url.starts_with("redis+unix://")) {
+            return err(
+                "redis_url",
+                "must start with redis:// (or be empty for a single node)",
+            );
+        }
+        if let Err(e) = redis::Client::open(c.redis_url.as_str()) {
+            return Err(("cluster.redis_url".into(), format!("not a Redis URL: {e}")));
+        }
+    }
+    for (key, value) in [
+        ("heartbeat_ms", c.heartbeat_ms),
+        ("request_timeout_ms", c.request_timeout_ms),
+        ("publish_queue", c.publish_queue as u64),
+        ("max_pending_requests", c.max_pending_requests as u64),
+        ("max_nodes", c.max_nodes as u64),
+    ] {
+        if value == 0 {
+            return err(key, "must be greater than 0");
+        }
+    }
+    if c.presence_ttl_ms < 2 * c.heartbeat_ms {
+        return err(
+            "presence_ttl_ms",
+            "must be at least twice cluster.heartbeat_ms, or a live node would flicker out",
+        );
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub shutdown: ShutdownSettings,
+    pub cluster: ClusterSettings,
 }
 
 /// The settings as TOML (what `--check-config` prints), tokens redacted.
@@ -45,5 +46,20 @@ pub fn to_toml(settings: &Settings) -> String {
     {
         *token = "<redacted>".into();
     }
+    shown.cluster.redis_url = redact_url_password(&shown.cluster.redis_url);
     toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+}
+
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => format!("{scheme}://<redacted>@{host}"),
+    }
 }

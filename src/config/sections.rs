@@ -217,3 +217,72 @@ impl ShutdownSettings {
         Duration::from_millis(self.grace_ms)
     }
 }
+
+/// Several nodes sharing chat and a cluster view through Redis. An empty `redis_url` keeps the
+/// single-node default: in-process fan-out and nothing to install.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// `redis://[user:password@]host:port[/db]`; empty runs a single node.
+    pub redis_url: String,
+    /// This node's id (1–64 of `A-Z a-z 0-9 . _ -`), also the `service.instance.id` of its
+    /// telemetry; empty: the host name plus a random suffix, new at every start.
+    pub node_id: String,
+    /// The address shown for this node in the cluster view; empty: `http://` + the bound address.
+    pub advertise_url: String,
+    /// Prefix of every Redis key and channel, so several clusters can share one Redis.
+    pub prefix: String,
+    /// Interval between presence refreshes and cluster-view reads (ms).
+    pub heartbeat_ms: u64,
+    /// Presence expiry (ms): a node that stops refreshing leaves the view after this long.
+    pub presence_ttl_ms: u64,
+    /// Messages waiting to be published to Redis, at most; beyond, they are dropped and counted.
+    pub publish_queue: usize,
+    /// Longest wait for another node's answer to a connections-API request (ms).
+    pub request_timeout_ms: u64,
+    /// Requests to other nodes in flight at once, at most; beyond, 503.
+    pub max_pending_requests: usize,
+    /// Nodes kept in the cluster view, at most.
+    pub max_nodes: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            node_id: String::new(),
+            advertise_url: String::new(),
+            prefix: "wsmon".into(),
+            heartbeat_ms: 2_000,
+            presence_ttl_ms: 6_000,
+            publish_queue: 8_192,
+            request_timeout_ms: 2_000,
+            max_pending_requests: 64,
+            max_nodes: 256,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether a Redis backplane is configured.
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_millis(self.presence_ttl_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Whether `id` may name a node (it becomes part of Redis keys and channels).
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

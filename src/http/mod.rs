@@ -1,7 +1,9 @@
 //! HTTP routers, each module owning its routes.
 //!
 //! - [`ws`]: the chat's `/ws/{client_id}` upgrade.
-//! - [`stats`]: `/ws-stats` and `/api/v1/connections`.
+//! - [`stats`]: `/ws-stats` and `/api/v1/connections` (this node's, or another node's through
+//!   the cluster).
+//! - [`cluster`]: `/api/v1/cluster`, the nodes and their totals.
 //! - [`admin`]: the `/admin` dashboard and its live event stream.
 //! - [`auth`]: tokens, roles and the failure throttle for everything but the chat.
 //! - [`health`]: `/healthz` and `/readyz`.
@@ -15,6 +17,7 @@
 pub mod admin;
 pub mod auth;
 pub mod client_addr;
+pub mod cluster;
 pub mod health;
 pub mod metrics;
 pub mod origin;
@@ -30,6 +33,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::cluster::Cluster;
 use crate::config::{AdminSettings, MonitorSettings};
 use crate::monitor::Registry;
 
@@ -46,6 +50,30 @@ pub struct Monitoring {
     pub prometheus: Option<PrometheusHandle>,
     /// Credentials required by the routes; `None` leaves them open.
     pub auth: Option<Arc<auth::Auth>>,
+    /// This node as the cluster view names it.
+    pub node: Arc<Node>,
+    /// The Redis backplane, when several nodes share one cluster.
+    pub cluster: Option<Cluster>,
+}
+
+/// This node's identity in the cluster view.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    /// `http://host:port`.
+    pub address: String,
+    /// RFC 3339.
+    pub started_at: String,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self {
+            id: "local".into(),
+            address: String::new(),
+            started_at: crate::monitor::entry::rfc3339(crate::monitor::entry::now_us()),
+        }
+    }
 }
 
 /// The settings the monitoring routes read.
@@ -70,7 +98,21 @@ impl Monitoring {
             streams,
             prometheus: None,
             auth: None,
+            node: Arc::default(),
+            cluster: None,
         }
+    }
+
+    /// Names this node in the stats and the cluster view.
+    pub fn with_node(mut self, node: Node) -> Self {
+        self.node = Arc::new(node);
+        self
+    }
+
+    /// Serves the cluster view and other nodes' connections through `cluster`.
+    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Requires the credentials of `auth` (when given).
@@ -93,6 +135,7 @@ pub fn monitoring_router(monitoring: Monitoring) -> Router {
     let auth = monitoring.auth.clone();
     let router = Router::new()
         .merge(stats::routes())
+        .merge(cluster::routes())
         .merge(admin::routes())
         .merge(health::routes())
         .merge(metrics::routes())

@@ -24,14 +24,24 @@ pub const LOG_EVERY: Duration = Duration::from_secs(30);
 /// Logs export failures at a throttled rate.
 pub struct FailureLog {
     signal: &'static str,
+    message: &'static str,
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
 }
 
 impl FailureLog {
     pub fn new(signal: &'static str) -> Self {
+        Self::with_message(
+            signal,
+            "OTLP export failed; telemetry is being dropped (chat is unaffected)",
+        )
+    }
+
+    /// A log for another kind of failure, e.g. the Redis backplane's.
+    pub fn with_message(signal: &'static str, message: &'static str) -> Self {
         Self {
             signal,
+            message,
             last: Mutex::new(None),
             suppressed: AtomicU64::new(0),
         }
@@ -49,7 +59,8 @@ impl FailureLog {
             signal = self.signal,
             failures_since_last_log = suppressed + 1,
             error = %error,
-            "OTLP export failed; telemetry is being dropped (chat is unaffected)"
+            "{}",
+            self.message
         );
     }
 }

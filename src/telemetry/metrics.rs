@@ -54,6 +54,34 @@ pub struct Metrics {
     pub telemetry_exports: [[Counter; 2]; 2],
     /// Indexed by [`SpanOutcome`].
     pub telemetry_spans: [Counter; 3],
+    pub backplane_published: Counter,
+    pub backplane_received: Counter,
+    /// Indexed by [`BackplaneDrop`].
+    pub backplane_dropped: [Counter; 4],
+    /// Indexed by [`BackplaneOp`].
+    pub backplane_errors: [Counter; 5],
+    pub backplane_latency: Histogram,
+    pub backplane_up: Gauge,
+    pub cluster_nodes: Gauge,
+}
+
+/// Why a chat message did not cross nodes.
+#[derive(Debug, Clone, Copy)]
+pub enum BackplaneDrop {
+    BackplaneDown = 0,
+    QueueFull = 1,
+    PublishFailed = 2,
+    Lost = 3,
+}
+
+/// A Redis operation that can fail.
+#[derive(Debug, Clone, Copy)]
+pub enum BackplaneOp {
+    Connect = 0,
+    Publish = 1,
+    Subscribe = 2,
+    Presence = 3,
+    Decode = 4,
 }
 
 /// Where `/metrics` text comes from, plus the handles.
@@ -143,12 +171,37 @@ impl Metrics {
             telemetry_exports: [exports("traces"), exports("metrics")],
             telemetry_spans: ["ended", "exported", "failed"]
                 .map(|o| counter(names::TELEMETRY_SPANS, &[(names::OUTCOME, o)])),
+            backplane_published: counter(
+                names::BACKPLANE_MESSAGES,
+                &[(names::DIRECTION, "published")],
+            ),
+            backplane_received: counter(
+                names::BACKPLANE_MESSAGES,
+                &[(names::DIRECTION, "received")],
+            ),
+            backplane_dropped: ["backplane_down", "queue_full", "publish_failed", "lost"]
+                .map(|r| counter(names::BACKPLANE_DROPPED, &[(names::DROP_REASON, r)])),
+            backplane_errors: ["connect", "publish", "subscribe", "presence", "decode"]
+                .map(|o| counter(names::BACKPLANE_ERRORS, &[(names::OPERATION, o)])),
+            backplane_latency: histogram(names::BACKPLANE_LATENCY, &[]),
+            backplane_up: gauge(names::BACKPLANE_UP),
+            cluster_nodes: gauge(names::CLUSTER_NODES),
         }
     }
 
     /// Counts one export call.
     pub fn export(&self, signal: Signal, ok: bool) {
         self.telemetry_exports[signal as usize][usize::from(!ok)].increment(1);
+    }
+
+    /// Counts chat messages that did not cross nodes.
+    pub fn backplane_drop(&self, why: BackplaneDrop, n: u64) {
+        self.backplane_dropped[why as usize].increment(n);
+    }
+
+    /// Counts a failed Redis operation.
+    pub fn backplane_error(&self, op: BackplaneOp) {
+        self.backplane_errors[op as usize].increment(1);
     }
 
     /// Counts spans reaching a lifecycle point.

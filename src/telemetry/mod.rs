@@ -107,7 +107,12 @@ impl Telemetry {
     pub async fn init(settings: &Settings) -> Result<Self, ExportError> {
         let export = traces::export_from_env(&settings.telemetry)?;
         let t = settings.telemetry.clone();
-        let instance_id = uuid::Uuid::new_v4().to_string();
+        // The cluster's node id when set (one name for a node everywhere), else a new UUID.
+        let instance_id = if settings.cluster.node_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            settings.cluster.node_id.clone()
+        };
         // The HTTP exporter builds a blocking client: not allowed on an async worker thread.
         let built = tokio::task::spawn_blocking(move || -> Result<_, ExportError> {
             let Some(export) = export else {

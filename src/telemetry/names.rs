@@ -51,6 +51,10 @@ pub const DURATION_BUCKETS: &[f64] = &[
 pub const FANOUT_BUCKETS: &[f64] = &[
     0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
 ];
+/// Backplane latency buckets: 100 µs to 2.5 s.
+pub const BACKPLANE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 /// Message size buckets: 16 B to 64 KiB (the default size limit).
 pub const SIZE_BUCKETS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
 
@@ -69,6 +73,12 @@ pub const ERRORS: &str = "websocket.server.errors";
 pub const MESSAGES_RATE_LIMITED: &str = "websocket.server.messages.rate_limited";
 pub const TELEMETRY_EXPORTS: &str = "websocket.server.telemetry.exports";
 pub const TELEMETRY_SPANS: &str = "websocket.server.telemetry.spans";
+pub const BACKPLANE_MESSAGES: &str = "websocket.server.backplane.messages";
+pub const BACKPLANE_DROPPED: &str = "websocket.server.backplane.dropped";
+pub const BACKPLANE_ERRORS: &str = "websocket.server.backplane.errors";
+pub const BACKPLANE_LATENCY: &str = "websocket.server.backplane.latency";
+pub const BACKPLANE_UP: &str = "websocket.server.backplane.up";
+pub const CLUSTER_NODES: &str = "websocket.server.cluster.nodes";
 
 /// Label keys.
 pub const CLOSE_REASON: &str = "close.reason";
@@ -78,6 +88,8 @@ pub const REJECTION_REASON: &str = "rejection.reason";
 pub const ERROR_TYPE: &str = "error.type";
 pub const SIGNAL: &str = "signal";
 pub const OUTCOME: &str = "outcome";
+pub const DROP_REASON: &str = "reason";
+pub const OPERATION: &str = "operation";
 
 /// Every metric wsmon records.
 pub const METRICS: &[MetricDef] = &[
@@ -234,6 +246,71 @@ pub const METRICS: &[MetricDef] = &[
         description: "Spans ended, exported, and failed to export; ended minus the others is \
                       what is queued or was dropped at the export queue.",
     },
+    MetricDef {
+        name: BACKPLANE_MESSAGES,
+        prometheus: "websocket_server_backplane_messages_total",
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        otel_unit: "{message}",
+        labels: &[DIRECTION],
+        buckets: &[],
+        description: "Chat messages published to Redis and received from other nodes (0 on a \
+                      single node).",
+    },
+    MetricDef {
+        name: BACKPLANE_DROPPED,
+        prometheus: "websocket_server_backplane_dropped_total",
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        otel_unit: "{message}",
+        labels: &[DROP_REASON],
+        buckets: &[],
+        description: "Chat messages that did not cross nodes: backplane_down, queue_full, \
+                      publish_failed (sender side), lost (a gap seen by the receiver).",
+    },
+    MetricDef {
+        name: BACKPLANE_ERRORS,
+        prometheus: "websocket_server_backplane_errors_total",
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        otel_unit: "{error}",
+        labels: &[OPERATION],
+        buckets: &[],
+        description: "Redis failures, by operation (connect, publish, subscribe, presence, \
+                      decode).",
+    },
+    MetricDef {
+        name: BACKPLANE_LATENCY,
+        prometheus: "websocket_server_backplane_latency_seconds",
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        otel_unit: "s",
+        labels: &[],
+        buckets: BACKPLANE_BUCKETS,
+        description: "From publishing on the sending node to receiving here (wall clocks of \
+                      two nodes).",
+    },
+    MetricDef {
+        name: BACKPLANE_UP,
+        prometheus: "websocket_server_backplane_up",
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        otel_unit: "{status}",
+        labels: &[],
+        buckets: &[],
+        description: "1 while publishing to and subscribed on Redis; 0 otherwise (and on a \
+                      single node).",
+    },
+    MetricDef {
+        name: CLUSTER_NODES,
+        prometheus: "websocket_server_cluster_nodes",
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        otel_unit: "{node}",
+        labels: &[],
+        buckets: &[],
+        description: "Nodes in the cluster view with a live presence key, this one included.",
+    },
 ];
 
 /// The definition of `name`, if it is one of wsmon's.
@@ -253,6 +330,10 @@ pub mod spans {
     pub const CLEANUP: &str = "websocket.cleanup";
     /// One inbound message (sampled; its own trace, linked to the connection).
     pub const MESSAGE: &str = "websocket.message";
+    /// A chat message handed to Redis (child of the message span).
+    pub const BACKPLANE_PUBLISH: &str = "backplane.publish";
+    /// A chat message from another node, fanned out here (child of its publish span).
+    pub const BACKPLANE_DELIVER: &str = "backplane.deliver";
 }
 
 #[cfg(test)]

@@ -44,6 +44,26 @@ pub fn remote_parent(headers: &HeaderMap) -> Option<opentelemetry::Context> {
     cx.span().span_context().is_valid().then_some(cx)
 }
 
+/// The W3C `traceparent` value naming `span`, or `None` when it is not traced.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let cx = span_context(span);
+    cx.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            cx.trace_id(),
+            cx.span_id(),
+            cx.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The remote parent a `traceparent` value names, if it is valid.
+pub fn parent_from_traceparent(value: &str) -> Option<opentelemetry::Context> {
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", value.parse().ok()?);
+    remote_parent(&headers)
+}
+
 /// Makes `span` a child of `parent` (before the span is first entered).
 pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
     let _ = span.set_parent(parent);

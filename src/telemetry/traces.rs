@@ -68,7 +68,7 @@ pub fn export_from_env(settings: &TelemetrySettings) -> Result<Option<Export>, E
 }
 
 /// `service.name` (settings, unless `OTEL_SERVICE_NAME`), `service.version`,
-/// `service.instance.id` (a UUID, unless `OTEL_RESOURCE_ATTRIBUTES` sets one), `host.name`,
+/// `service.instance.id` (the node id, unless `OTEL_RESOURCE_ATTRIBUTES` sets one), `host.name`,
 /// plus `OTEL_RESOURCE_ATTRIBUTES`.
 pub fn resource(settings: &TelemetrySettings, instance_id: &str) -> Resource {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -4,12 +4,31 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Log lines kept per server, at most (later ones are dropped).
+const MAX_LOG_LINES: usize = 100_000;
 
 /// A running wsmon; killed on drop if still running.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Its JSON log lines so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// The log lines so far, parsed.
+    #[allow(dead_code)]
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
 }
 
 impl Drop for Server {
@@ -46,8 +65,17 @@ pub fn start(env: &[(&str, String)]) -> Server {
         }
     };
     // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let kept = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut kept = kept.lock().unwrap();
+            if kept.len() < MAX_LOG_LINES {
+                kept.push(line);
+            }
+        }
+    });
+    Server { child, addr, logs }
 }
 
 /// Sends SIGTERM and waits for a successful exit; returns how long it took.

@@ -1,0 +1,419 @@
+//! The two Redis connections of a node: the publisher (chat messages, requests and replies,
+//! pipelined in batches from one bounded queue, so per-sender order holds) and the subscriber
+//! (the chat channel and this node's control channel). Each reconnects by itself with backoff;
+//! while the publisher is down, chat messages are dropped and counted at once instead of queued
+//! (at-most-once across nodes), so nothing grows during an outage.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{Wire, MAX_PAYLOAD};
+use super::Shared;
+use crate::chat::hub::Forward;
+use crate::telemetry::metrics::{BackplaneDrop, BackplaneOp};
+use crate::telemetry::{self, names::spans};
+
+/// Items published per pipeline, at most.
+const BATCH: usize = 256;
+/// Reconnect backoff: doubles from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+/// Longest a Redis connect or command may take before the link counts as down.
+pub(super) const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One item for the publisher.
+pub(super) enum Outgoing {
+    Chat {
+        text: Utf8Bytes,
+        sent_at: u64,
+        /// The publish span, ended once Redis has taken the message.
+        span: Option<tracing::Span>,
+        traceparent: Option<String>,
+    },
+    /// A request or reply for one node's control channel.
+    Control { channel: String, wire: Wire },
+}
+
+/// The sending side of the publisher's queue; what the hub forwards through.
+pub(super) struct Outbox {
+    pub tx: mpsc::Sender<Outgoing>,
+    pub shared: Arc<Shared>,
+}
+
+impl Forward for Outbox {
+    fn forward(&self, text: &Utf8Bytes) {
+        let metrics = &self.shared.metrics;
+        if !self.shared.publishing.load(Relaxed) {
+            metrics.backplane_drop(BackplaneDrop::BackplaneDown, 1);
+            return;
+        }
+        let (span, traceparent) = publish_span(&self.shared.node);
+        let item = Outgoing::Chat {
+            text: text.clone(),
+            sent_at: telemetry_now_ns(),
+            span,
+            traceparent,
+        };
+        match self.tx.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics.backplane_drop(BackplaneDrop::QueueFull, 1)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics.backplane_drop(BackplaneDrop::BackplaneDown, 1)
+            }
+        }
+    }
+}
+
+impl Outbox {
+    /// Queues a control message; `false` when the publisher is down or its queue is full.
+    pub fn control(&self, channel: String, wire: Wire) -> bool {
+        self.shared.publishing.load(Relaxed)
+            && self
+                .tx
+                .try_send(Outgoing::Control { channel, wire })
+                .is_ok()
+    }
+}
+
+/// A `backplane.publish` span under the current span (the message span), when that is traced.
+fn publish_span(node: &str) -> (Option<tracing::Span>, Option<String>) {
+    let current = tracing::Span::current();
+    if !telemetry::spans::span_context(&current).is_valid() {
+        return (None, None);
+    }
+    let span = tracing::info_span!(
+        target: "wsmon",
+        parent: &current,
+        "backplane.publish",
+        otel.name = spans::BACKPLANE_PUBLISH,
+        otel.kind = "producer",
+        messaging.system = "redis",
+        messaging.operation.type = "publish",
+        wsmon.node.id = %node,
+    );
+    let traceparent = telemetry::spans::traceparent(&span);
+    (Some(span), traceparent)
+}
+
+/// Now as unix nanoseconds.
+pub(super) fn telemetry_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+async fn backoff(attempt: &mut u32, stop: &CancellationToken) -> bool {
+    let delay = BACKOFF
+        .0
+        .saturating_mul(1 << (*attempt).min(5))
+        .min(BACKOFF.1);
+    *attempt += 1;
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// A multiplexed connection with wsmon's timeouts.
+pub(super) async fn connect(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// Publishes what the outbox queues until `stop`, then what is still queued (best effort).
+pub(super) async fn publish_loop(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    mut rx: mpsc::Receiver<Outgoing>,
+    stop: CancellationToken,
+) {
+    let mut seq = 0u64;
+    let mut attempt = 0;
+    let mut batch = Vec::with_capacity(BATCH);
+    'connect: loop {
+        let mut conn = match connect(&client).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                shared.metrics.backplane_error(BackplaneOp::Connect);
+                shared.log.failed(&e);
+                if !backoff(&mut attempt, &stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        attempt = 0;
+        shared.set_publishing(true);
+        tracing::info!(target: "wsmon", "backplane: publishing to Redis");
+        let mut ping = tokio::time::interval(shared.heartbeat);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let received = tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => n,
+                // A quiet link is checked too, so an outage is noticed before a message is lost.
+                _ = ping.tick() => {
+                    let pong = redis::cmd("PING").query_async::<String>(&mut conn).await;
+                    if let Err(e) = pong {
+                        shared.metrics.backplane_error(BackplaneOp::Publish);
+                        shared.log.failed(&e);
+                        shared.set_publishing(false);
+                        if !backoff(&mut attempt, &stop).await {
+                            return;
+                        }
+                        continue 'connect;
+                    }
+                    continue;
+                }
+                () = stop.cancelled() => {
+                    // Leave notices of the drained sessions are queued: send them, briefly.
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(item) => batch.push(item),
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = tokio::time::timeout(
+                        REDIS_TIMEOUT,
+                        publish_batch(&shared, &mut conn, &mut batch, &mut seq),
+                    )
+                    .await;
+                    shared.set_publishing(false);
+                    return;
+                }
+            };
+            if received == 0 {
+                shared.set_publishing(false);
+                return;
+            }
+            if let Err(e) = publish_batch(&shared, &mut conn, &mut batch, &mut seq).await {
+                shared.metrics.backplane_error(BackplaneOp::Publish);
+                shared.log.failed(&e);
+                shared.set_publishing(false);
+                // Whatever queued while the connection died is dropped now, not delivered late.
+                let mut stale = 0;
+                while let Ok(item) = rx.try_recv() {
+                    stale += u64::from(matches!(item, Outgoing::Chat { .. }));
+                }
+                shared
+                    .metrics
+                    .backplane_drop(BackplaneDrop::PublishFailed, stale);
+                if !backoff(&mut attempt, &stop).await {
+                    return;
+                }
+                continue 'connect;
+            }
+        }
+    }
+}
+
+/// Sends `batch` as one pipeline; on failure its chat messages are counted as `publish_failed`.
+async fn publish_batch(
+    shared: &Shared,
+    conn: &mut redis::aio::MultiplexedConnection,
+    batch: &mut Vec<Outgoing>,
+    seq: &mut u64,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    let mut chats = 0u64;
+    let mut spans = Vec::new();
+    let chat_channel = shared.names.chat();
+    for item in batch.drain(..) {
+        match item {
+            Outgoing::Chat {
+                text,
+                sent_at,
+                span,
+                traceparent,
+            } => {
+                *seq += 1;
+                chats += 1;
+                let wire = Wire::Chat {
+                    node: shared.node.clone(),
+                    epoch: shared.epoch,
+                    seq: *seq,
+                    sent_at,
+                    text: text.as_str().to_owned(),
+                    traceparent,
+                };
+                pipe.publish(&chat_channel, encode(&wire)).ignore();
+                spans.extend(span);
+            }
+            Outgoing::Control { channel, wire } => {
+                pipe.publish(channel, encode(&wire)).ignore();
+            }
+        }
+    }
+    let result = pipe.exec_async(conn).await;
+    match &result {
+        Ok(()) => shared.metrics.backplane_published.increment(chats),
+        Err(_) => shared
+            .metrics
+            .backplane_drop(BackplaneDrop::PublishFailed, chats),
+    }
+    // The publish spans end here: once Redis has taken (or refused) the batch.
+    drop(spans);
+    result
+}
+
+fn encode(wire: &Wire) -> Vec<u8> {
+    serde_json::to_vec(wire).expect("wire messages serialize")
+}
+
+/// Receives chat from other nodes and requests/replies for this one until `stop`.
+pub(super) async fn subscribe_loop(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    outbox: Arc<Outbox>,
+    stop: CancellationToken,
+) {
+    let mut attempt = 0;
+    let channels = [shared.names.chat(), shared.names.control(&shared.node)];
+    loop {
+        let subscribed = async {
+            let pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| timeout_error("connect"))??;
+            let (mut sink, stream) = pubsub.split();
+            tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(&channels))
+                .await
+                .map_err(|_| timeout_error("subscribe"))??;
+            Ok::<_, redis::RedisError>((sink, stream))
+        };
+        let (mut sink, mut stream) = tokio::select! {
+            () = stop.cancelled() => return,
+            r = subscribed => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    shared.metrics.backplane_error(BackplaneOp::Subscribe);
+                    shared.log.failed(&e);
+                    if !backoff(&mut attempt, &stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        attempt = 0;
+        shared.set_subscribed(true);
+        tracing::info!(target: "wsmon", channels = ?channels, "backplane: subscribed");
+        let mut ping = tokio::time::interval(shared.heartbeat);
+        ping.tick().await;
+        let why = loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    shared.set_subscribed(false);
+                    return;
+                }
+                msg = stream.next() => match msg {
+                    Some(msg) => receive(&shared, &outbox, msg.get_payload_bytes()),
+                    None => break "subscription ended".to_owned(),
+                },
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break "Redis did not answer a ping".to_owned();
+                    }
+                }
+            }
+        };
+        shared.set_subscribed(false);
+        shared.metrics.backplane_error(BackplaneOp::Subscribe);
+        shared.log.failed(&why);
+        if !backoff(&mut attempt, &stop).await {
+            return;
+        }
+    }
+}
+
+fn timeout_error(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("Redis {what} timed out"),
+    ))
+}
+
+/// Handles one message from a channel.
+fn receive(shared: &Shared, outbox: &Outbox, payload: &[u8]) {
+    let decoded = (payload.len() <= MAX_PAYLOAD)
+        .then(|| serde_json::from_slice::<Wire>(payload).ok())
+        .flatten();
+    let Some(wire) = decoded else {
+        shared.metrics.backplane_error(BackplaneOp::Decode);
+        shared
+            .log
+            .failed(&format!("undecodable message of {} bytes", payload.len()));
+        return;
+    };
+    match wire {
+        Wire::Chat { ref node, .. } if *node == shared.node => {}
+        Wire::Chat {
+            node,
+            epoch,
+            seq,
+            sent_at,
+            text,
+            traceparent,
+        } => {
+            let missed = shared.sequences.observe(&node, epoch, seq);
+            if missed > 0 {
+                shared.metrics.backplane_drop(BackplaneDrop::Lost, missed);
+            }
+            let metrics = &shared.metrics;
+            metrics.backplane_received.increment(1);
+            let latency = telemetry_now_ns().saturating_sub(sent_at);
+            metrics.backplane_latency.record(latency as f64 / 1e9);
+            let span = traceparent
+                .as_deref()
+                .and_then(telemetry::spans::parent_from_traceparent)
+                .map(|parent| {
+                    let span = tracing::info_span!(
+                        target: "wsmon",
+                        parent: None,
+                        "backplane.deliver",
+                        otel.name = spans::BACKPLANE_DELIVER,
+                        otel.kind = "consumer",
+                        messaging.system = "redis",
+                        messaging.operation.type = "process",
+                        wsmon.node.id = %shared.node,
+                        wsmon.node.origin = %node,
+                        delivered = tracing::field::Empty,
+                    );
+                    telemetry::spans::set_parent(&span, parent);
+                    span
+                });
+            let _entered = span.as_ref().map(tracing::Span::enter);
+            let delivered = shared.hub.deliver_remote(text.into());
+            if let Some(span) = &span {
+                span.record("delivered", delivered as i64);
+            }
+        }
+        Wire::Request { node, id, op } => {
+            let (status, body) = (shared.serve)(op, &node);
+            let reply = Wire::Reply {
+                node: shared.node.clone(),
+                id,
+                status,
+                body,
+            };
+            if !outbox.control(shared.names.control(&node), reply) {
+                shared.metrics.backplane_error(BackplaneOp::Publish);
+            }
+        }
+        Wire::Reply {
+            id, status, body, ..
+        } => shared.pending.complete(id, status, body),
+    }
+}
