@@ -4,6 +4,8 @@
 
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/redis.rs"]
+mod redis_server;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -328,9 +330,24 @@ async fn scripted_load(server: &process::Server, tag: &str) {
 #[tokio::test]
 async fn every_documented_series_reaches_prometheus_under_the_names_metrics_serves() {
     let collector = Collector::start();
+    let redis = redis_server::Redis::start();
     let run = instance_id("series");
-    let server = wsmon(&collector, &run, &[]);
+    // Two nodes, so the backplane series have values too (a histogram without any
+    // measurement is not exported over OTLP).
+    let cluster = |node: &str| {
+        [
+            ("WSMON_CLUSTER__REDIS_URL", redis.url()),
+            ("WSMON_CLUSTER__NODE_ID", node.to_owned()),
+            ("WSMON_CLUSTER__HEARTBEAT_MS", "200".into()),
+        ]
+    };
+    let server = wsmon(&collector, &run, &cluster(&run));
+    let peer_id = instance_id("series-peer");
+    let peer = wsmon(&collector, &peer_id, &cluster(&peer_id));
+    wait_cluster(&[&server, &peer]).await;
     scripted_load(&server, &run).await;
+    let mut from_peer = connect(&peer, &format!("p-{run}")).await;
+    chat(&mut from_peer, "from the other node").await;
     let scraped = reqwest::get(format!("http://{}/metrics", server.addr))
         .await
         .unwrap()
@@ -354,6 +371,7 @@ async fn every_documented_series_reaches_prometheus_under_the_names_metrics_serv
         .await;
     }
     process::sigterm_and_wait(server);
+    process::sigterm_and_wait(peer);
 }
 
 fn dashboard_exprs() -> Vec<String> {
@@ -588,4 +606,121 @@ async fn traces_arrive_again_after_a_collector_outage() {
     c.close(None).await.unwrap();
     eventually("trace after the collector returned", || close_span(&after)).await;
     process::sigterm_and_wait(server);
+}
+
+/// Waits until every server's backplane is up and sees all of them alive.
+async fn wait_cluster(servers: &[&process::Server]) {
+    for server in servers {
+        eventually("every node in the cluster view", || async {
+            let view: Value = reqwest::get(format!("http://{}/api/v1/cluster", server.addr))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let alive = view["totals"]["alive_nodes"].as_u64()? as usize;
+            (view["backplane"]["up"] == true && alive == servers.len()).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The trace holding a `backplane.deliver` span from node `origin`, from Jaeger's HTTP API.
+async fn delivered_trace(origin: &str) -> Option<Value> {
+    let url = format!("http://{}/api/traces", env("STACK_JAEGER_QUERY"));
+    let tags = serde_json::json!({ "wsmon.node.origin": origin }).to_string();
+    let body: Value = reqwest::Client::new()
+        .get(url)
+        .query(&[
+            ("service", "wsmon"),
+            ("operation", "backplane.deliver"),
+            ("tags", &tags),
+            ("lookback", "1h"),
+            ("limit", "5"),
+        ])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let trace = body["data"].as_array()?.first()?.clone();
+    // Both nodes' batches must have arrived.
+    let spans = trace["spans"].as_array()?;
+    let has = |op: &str| spans.iter().any(|s| s["operationName"] == op);
+    (has("websocket.message") && has("backplane.publish") && has("backplane.deliver"))
+        .then_some(trace)
+}
+
+/// The `service.instance.id` of the process that emitted `span` in `trace`.
+fn instance_of(trace: &Value, span: &Value) -> Value {
+    let process = &trace["processes"][span["processID"].as_str().unwrap()];
+    process["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == "service.instance.id")
+        .map(|t| t["value"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_message_crossing_nodes_is_one_trace_in_jaeger_spanning_both_nodes() {
+    let redis = redis_server::Redis::start();
+    let collector = Collector::start();
+    let run = instance_id("cluster");
+    let (node_a, node_b) = (format!("xa-{run}"), format!("xb-{run}"));
+    let node = |id: &str| {
+        wsmon(
+            &collector,
+            id,
+            &[
+                ("WSMON_CLUSTER__REDIS_URL", redis.url()),
+                ("WSMON_CLUSTER__NODE_ID", id.to_owned()),
+                ("WSMON_CLUSTER__HEARTBEAT_MS", "200".into()),
+                ("WSMON_TELEMETRY__MESSAGE_SPANS", "all".into()),
+                // The node id is the instance id.
+                ("OTEL_RESOURCE_ATTRIBUTES", String::new()),
+            ],
+        )
+    };
+    let (a, b) = (node(&node_a), node(&node_b));
+    wait_cluster(&[&a, &b]).await;
+    let mut alice = connect(&a, &format!("alice-{run}")).await;
+    let mut bob = connect(&b, &format!("bob-{run}")).await;
+    chat(&mut alice, "across").await;
+    let seen = loop {
+        match bob.next().await.unwrap().unwrap() {
+            Message::Text(t) => break t.to_string(),
+            _ => continue,
+        }
+    };
+    assert_eq!(seen, format!("Client #alice-{run} says: across"));
+
+    let trace = eventually("the cross-node trace", || delivered_trace(&node_a)).await;
+    let spans = trace["spans"].as_array().unwrap();
+    let find = |op: &str| spans.iter().find(|s| s["operationName"] == op).unwrap();
+    let (message, publish, deliver) = (
+        find("websocket.message"),
+        find("backplane.publish"),
+        find("backplane.deliver"),
+    );
+    assert_eq!(instance_of(&trace, message), node_a.as_str());
+    assert_eq!(instance_of(&trace, publish), node_a.as_str());
+    assert_eq!(instance_of(&trace, deliver), node_b.as_str());
+    let parent = |span: &Value| {
+        span["references"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["refType"] == "CHILD_OF")
+            .map(|r| r["spanID"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(parent(publish), message["spanID"]);
+    assert_eq!(parent(deliver), publish["spanID"]);
+    assert_eq!(tag(deliver, "wsmon.node.id"), node_b.as_str());
+    assert_eq!(tag(deliver, "delivered"), 1);
+    process::sigterm_and_wait(a);
+    process::sigterm_and_wait(b);
 }
