@@ -1,11 +1,14 @@
 //! The `/admin` dashboard in a real headless Chromium, driven over the DevTools protocol:
 //! it goes live without reloads, renders hostile client ids as text, loads nothing from
-//! outside the server, and logs no console errors. Needs `chromium` (`CHROMIUM` overrides the
-//! path); run with `cargo test --features browser-tests`.
+//! outside the server, and logs no console errors; with two nodes on a real Redis it lists the
+//! nodes and disconnects another node's client. Needs `chromium` (`CHROMIUM` overrides the path)
+//! and `redis-server`; run with `cargo test --features browser-tests`.
 
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "support/redis.rs"]
+mod redis_server;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -421,4 +424,89 @@ async fn viewers_do_not_see_the_disconnect_action() {
     // Without credentials the page itself is refused.
     let r = reqwest::get(app.url("/admin")).await.unwrap();
     assert_eq!(r.status(), 401);
+}
+
+/// Waits until `app`'s cluster view shows `n` alive nodes with the backplane up.
+async fn wait_cluster(app: &helpers::TestApp, n: u64) {
+    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+    loop {
+        let (_, view) = app.get_json("/api/v1/cluster").await;
+        if view["backplane"]["up"] == true && view["totals"]["alive_nodes"] == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster not ready: {view:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_lists_the_nodes_and_disconnects_a_client_of_another_node() {
+    install_tracing();
+    let redis = redis_server::Redis::start();
+    let node = |id: &'static str| {
+        let url = redis.url();
+        spawn_app_with(move |s| {
+            s.admin.push_interval_ms = 200;
+            s.cluster.redis_url = url;
+            s.cluster.node_id = id.into();
+            s.cluster.heartbeat_ms = 200;
+            s.cluster.presence_ttl_ms = 1_000;
+        })
+    };
+    let (a, b) = (node("node-a").await, node("node-b").await);
+    wait_cluster(&a, 2).await;
+    wait_cluster(&b, 2).await;
+    let mut remote = b.connect("remote-client").await;
+    let mut local = a.connect("local-client").await;
+
+    let browser = launch();
+    let mut page = Page::open(&browser).await;
+    open_dashboard(&mut page, a.url("/admin")).await;
+    page.wait_for(
+        "[...document.querySelectorAll('#nodes tr')].map(tr => tr.dataset.node).join(',')",
+        json!("node-a,node-b"),
+    )
+    .await;
+    page.wait_for(
+        "document.querySelector('#nodes tr[data-node=\"node-a\"] td').textContent",
+        json!("node-a (this node)"),
+    )
+    .await;
+    // This node's table first: the node column names it.
+    page.wait_for(
+        "[...document.querySelectorAll('#connections tr')].map(tr => tr.firstChild.textContent + '/' + tr.querySelector('td.client').textContent).join()",
+        json!("node-a/local-client"),
+    )
+    .await;
+    // Another node's connections, through the cluster.
+    page.eval("const s = document.getElementById('node'); s.value = 'node-b'; s.dispatchEvent(new Event('change'))")
+        .await;
+    page.wait_for(
+        "[...document.querySelectorAll('#connections tr')].map(tr => tr.firstChild.textContent + '/' + tr.querySelector('td.client').textContent).join()",
+        json!("node-b/remote-client"),
+    )
+    .await;
+    page.eval("document.querySelector('#connections tr').click()")
+        .await;
+    page.wait_for("document.getElementById('detail').hidden", json!(false))
+        .await;
+    page.eval("document.getElementById('kick').click()").await;
+    page.eval("document.getElementById('kick_yes').click()")
+        .await;
+    page.wait_for(
+        "document.getElementById('detail_status').textContent",
+        json!("Disconnect requested."),
+    )
+    .await;
+    assert_eq!(remote.expect_close().await, (4003, "admin_kick".into()));
+    assert_eq!(
+        local.recv_text().await,
+        "Client #remote-client left the chat"
+    );
+    page.wait_for(ROWS, json!(0)).await;
+    screenshot(&mut page, "admin-cluster.png").await;
+    assert_clean(&page, &a.url(""));
 }

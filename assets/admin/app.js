@@ -1,5 +1,7 @@
 // wsmon dashboard. Totals and charts follow /admin/events (Server-Sent Events); the connection
-// table pages through /api/v1/connections on the server and refreshes on each event. Every
+// table pages through /api/v1/connections on the server (this node's, or the node chosen in the
+// node list, through the cluster) and refreshes on each event, as does the node list
+// (/api/v1/cluster, at most every CLUSTER_EVERY ms). Every
 // value from the server is written with textContent: client-supplied strings are data, never
 // markup. Credentials are the browser's (Basic auth), so nothing here handles tokens.
 "use strict";
@@ -8,6 +10,7 @@
   const $ = (id) => document.getElementById(id);
   const fmt = new Intl.NumberFormat();
   const HISTORY = 300; // points kept for the time charts (5 min at 1 update/s)
+  const CLUSTER_EVERY = 2000;
 
   const state = {
     role: "open",
@@ -22,6 +25,8 @@
     rateIn: [],
     rateOut: [],
     charts: {},
+    self: null, // this node's id
+    clusterAt: 0,
   };
 
   function cell(text, className) {
@@ -176,12 +181,60 @@
     renderCounts($("rejections"), g.rejections);
     updateCharts(g, Date.now());
     refreshTable(true);
+    if (Date.now() - state.clusterAt >= CLUSTER_EVERY) refreshCluster();
+  }
+
+  // ---- the node list --------------------------------------------------------------------------
+
+  async function refreshCluster() {
+    state.clusterAt = Date.now();
+    let view;
+    try {
+      const response = await fetch("/api/v1/cluster", { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      view = await response.json();
+    } catch (_) {
+      return;
+    }
+    state.self = view.node_id;
+    const rows = view.nodes.map((n) => {
+      const tr = document.createElement("tr");
+      tr.dataset.node = n.id;
+      if (n.status !== "alive") tr.className = "unknown";
+      tr.append(
+        cell(n.id + (n.self ? " (this node)" : ""), "mono"),
+        cell(n.address),
+        cell(n.status),
+        cell(fmt.format(n.active_connections), "num"),
+        cell(n.self ? "now" : seconds(n.heartbeat_age_ms / 1000) + " ago", "num"),
+        cell(n.version)
+      );
+      return tr;
+    });
+    $("nodes").replaceChildren(...rows);
+    const b = view.backplane;
+    $("cluster_note").textContent = !b.configured
+      ? "single node"
+      : (b.up ? "Redis up" : "Redis unreachable") + " · " + fmt.format(view.totals.active_connections) + " open in all";
+    const select = $("node");
+    const chosen = select.value || view.node_id;
+    const options = view.nodes.map((n) => {
+      const o = document.createElement("option");
+      o.value = n.id;
+      o.textContent = n.id;
+      return o;
+    });
+    select.replaceChildren(...options);
+    select.value = view.nodes.some((n) => n.id === chosen) ? chosen : view.node_id;
+    if (select.value !== chosen) resetPaging();
   }
 
   // ---- the connection table -----------------------------------------------------------------
 
   function query() {
     const params = new URLSearchParams();
+    const node = $("node").value;
+    if (node && node !== state.self) params.set("node", node);
     params.set("limit", $("limit").value);
     params.set("sort", $("sort").value);
     const search = $("search").value.trim();
@@ -214,10 +267,12 @@
 
   function renderTable(page) {
     const rows = page.connections.map((c) => {
+      c.node = page.node;
       const tr = document.createElement("tr");
       tr.dataset.connectionId = c.connection_id;
       if (state.selected && state.selected.connection_id === c.connection_id) tr.className = "selected";
       tr.append(
+        cell(page.node, "mono"),
         titled(c.client_id, c.client_id, "client"),
         titled(c.connection_id.slice(0, 8), c.connection_id, "mono"),
         cell(c.client_address || ""),
@@ -244,7 +299,9 @@
     $("next").disabled = !page.next_cursor;
     $("table_note").textContent = fmt.format(page.active_connections) + " open";
     if (state.selected) {
-      const fresh = page.connections.find((c) => c.connection_id === state.selected.connection_id);
+      const fresh = page.connections.find(
+        (c) => c.connection_id === state.selected.connection_id && c.node === state.selected.node
+      );
       if (fresh) fillDetail(fresh);
     }
   }
@@ -257,7 +314,7 @@
   // ---- detail and disconnect ----------------------------------------------------------------
 
   const DETAIL_FIELDS = [
-    ["client_id", "Client id"], ["connection_id", "Connection id"], ["client_address", "Address"],
+    ["node", "Node"], ["client_id", "Client id"], ["connection_id", "Connection id"], ["client_address", "Address"],
     ["user_agent", "User agent"], ["connected_at", "Connected at"], ["last_activity", "Last activity"],
     ["duration", "Duration (s)"], ["messages_received", "Messages in"], ["messages_sent", "Messages out"],
     ["bytes_received", "Bytes in"], ["bytes_sent", "Bytes out"], ["queue_depth", "Queue depth"],
@@ -295,7 +352,9 @@
     const c = state.selected;
     if (!c) return;
     $("kick_confirm").hidden = true;
-    const response = await fetch("/api/v1/connections/" + encodeURIComponent(c.connection_id), { method: "DELETE" });
+    let url = "/api/v1/connections/" + encodeURIComponent(c.connection_id);
+    if (c.node && c.node !== state.self) url += "?node=" + encodeURIComponent(c.node);
+    const response = await fetch(url, { method: "DELETE" });
     $("detail_status").textContent =
       response.status === 202 ? "Disconnect requested." : response.status === 404 ? "Already gone." : "Refused (" + response.status + ").";
     $("kick").hidden = false;
@@ -335,6 +394,7 @@
     $("search").addEventListener("input", resetPaging);
     $("sort").addEventListener("change", resetPaging);
     $("limit").addEventListener("change", resetPaging);
+    $("node").addEventListener("change", resetPaging);
     $("next").addEventListener("click", () => {
       if (state.next) {
         state.cursors.push(state.next);
@@ -361,6 +421,7 @@
     });
     $("kick_yes").addEventListener("click", kick);
     await loadRole();
+    await refreshCluster();
     connect();
   });
 })();
