@@ -315,6 +315,33 @@ fn scraped_names(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Two nodes on `redis`: `run` (the one measured) and a peer, so the backplane series have
+/// values too (a histogram without any measurement is not exported over OTLP).
+async fn node_and_peer(
+    collector: &Collector,
+    redis: &redis_server::Redis,
+    run: &str,
+) -> (process::Server, process::Server) {
+    let cluster = |node: &str| {
+        [
+            ("WSMON_CLUSTER__REDIS_URL", redis.url()),
+            ("WSMON_CLUSTER__NODE_ID", node.to_owned()),
+            ("WSMON_CLUSTER__HEARTBEAT_MS", "200".into()),
+        ]
+    };
+    let server = wsmon(collector, run, &cluster(run));
+    let peer_id = format!("{run}-peer");
+    let peer = wsmon(collector, &peer_id, &cluster(&peer_id));
+    wait_cluster(&[&server, &peer]).await;
+    (server, peer)
+}
+
+/// A chat message from a client of `peer`, which crosses to the other node.
+async fn message_from(peer: &process::Server, run: &str) {
+    let mut client = connect(peer, &format!("p-{run}")).await;
+    chat(&mut client, "from the other node").await;
+}
+
 async fn scripted_load(server: &process::Server, tag: &str) {
     let mut a = connect(server, &format!("a-{tag}")).await;
     let mut b = connect(server, &format!("b-{tag}")).await;
@@ -332,22 +359,9 @@ async fn every_documented_series_reaches_prometheus_under_the_names_metrics_serv
     let collector = Collector::start();
     let redis = redis_server::Redis::start();
     let run = instance_id("series");
-    // Two nodes, so the backplane series have values too (a histogram without any
-    // measurement is not exported over OTLP).
-    let cluster = |node: &str| {
-        [
-            ("WSMON_CLUSTER__REDIS_URL", redis.url()),
-            ("WSMON_CLUSTER__NODE_ID", node.to_owned()),
-            ("WSMON_CLUSTER__HEARTBEAT_MS", "200".into()),
-        ]
-    };
-    let server = wsmon(&collector, &run, &cluster(&run));
-    let peer_id = instance_id("series-peer");
-    let peer = wsmon(&collector, &peer_id, &cluster(&peer_id));
-    wait_cluster(&[&server, &peer]).await;
+    let (server, peer) = node_and_peer(&collector, &redis, &run).await;
     scripted_load(&server, &run).await;
-    let mut from_peer = connect(&peer, &format!("p-{run}")).await;
-    chat(&mut from_peer, "from the other node").await;
+    message_from(&peer, &run).await;
     let scraped = reqwest::get(format!("http://{}/metrics", server.addr))
         .await
         .unwrap()
@@ -475,9 +489,11 @@ async fn condition(rule: &Rule, instance: &str) -> (bool, Vec<Value>) {
 #[tokio::test]
 async fn every_dashboard_and_alert_query_runs_against_prometheus_and_dashboards_return_data() {
     let collector = Collector::start();
+    let redis = redis_server::Redis::start();
     let run = instance_id("queries");
-    let server = wsmon(&collector, &run, &[]);
+    let (server, peer) = node_and_peer(&collector, &redis, &run).await;
     scripted_load(&server, &run).await;
+    message_from(&peer, &run).await;
     eventually("metrics in Prometheus", || async {
         prometheus(&format!(
             "websocket_server_active_connections{{instance=\"{run}\"}}"
@@ -503,6 +519,7 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_and_dashboards_
             .unwrap_or_else(|e| panic!("{}: {e}", rule.title));
     }
     process::sigterm_and_wait(server);
+    process::sigterm_and_wait(peer);
 }
 
 #[tokio::test]
@@ -721,6 +738,25 @@ async fn a_message_crossing_nodes_is_one_trace_in_jaeger_spanning_both_nodes() {
     assert_eq!(parent(deliver), publish["spanID"]);
     assert_eq!(tag(deliver, "wsmon.node.id"), node_b.as_str());
     assert_eq!(tag(deliver, "delivered"), 1);
+
+    // The backplane alert: quiet while Redis serves, firing for the node once Redis is gone.
+    let rules = alert_rules();
+    let rule = rules
+        .iter()
+        .find(|r| r.title == "Cluster backplane down")
+        .unwrap();
+    eventually("node metrics in Prometheus", || async {
+        let expr = format!("websocket_server_backplane_up{{instance=\"{node_a}\"}} == 1");
+        prometheus(&expr).await.unwrap().first().cloned()
+    })
+    .await;
+    let (fires, result) = condition(rule, &node_a).await;
+    assert!(!fires, "fired with Redis up: {result:?}");
+    drop(redis);
+    eventually("the backplane alert", || async {
+        condition(rule, &node_a).await.0.then_some(())
+    })
+    .await;
     process::sigterm_and_wait(a);
     process::sigterm_and_wait(b);
 }

@@ -166,7 +166,7 @@ fn alert_rules_are_complete_and_use_provisioned_datasources_and_documented_metri
             titles.push(title);
         }
     }
-    for needed in ["Idle spike", "Error spike"] {
+    for needed in ["Idle spike", "Error spike", "Cluster backplane down"] {
         assert!(titles.iter().any(|t| t == needed), "{needed} rule");
     }
 }
@@ -185,7 +185,8 @@ fn one_value_routes_alerts_and_every_image_is_pinned_in_env() {
         .unwrap();
     assert_eq!(url, "${ALERT_WEBHOOK_URL}");
     assert!(defined.contains("ALERT_WEBHOOK_URL"));
-    let compose = yaml("docker-compose.yml");
+    let mut compose = yaml("docker-compose.yml");
+    compose.apply_merge().unwrap(); // the second node extends the first with `<<:`
     for (name, service) in compose["services"].as_mapping().unwrap() {
         let image = service["image"].as_str().unwrap();
         let var = image.trim_start_matches("${").trim_end_matches('}');
