@@ -5,11 +5,12 @@
 //! Run: `cargo run --release --example wsmon-load -- --target 127.0.0.1:8000 echo`.
 //!
 //!   wsmon-load echo      --clients N --messages M --size S
-//!   wsmon-load broadcast --receivers R --messages M
+//!   wsmon-load broadcast --receivers R --messages M [--sender-target ADDR]
 //!   wsmon-load idle      --connections N --hold-secs T [--server-pid P]
 //!   wsmon-load churn     --cycles C --abrupt-share F [--server-pid P]
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
@@ -46,12 +47,17 @@ enum Mode {
         #[arg(long, default_value_t = 32)]
         size: usize,
     },
-    /// R receivers; one sender sends M timestamped messages (closed loop on its own reply).
+    /// R receivers; one sender sends M timestamped messages, each after the previous one reached
+    /// a probe client beside the receivers (closed loop).
     Broadcast {
         #[arg(long, default_value_t = 1_000)]
         receivers: usize,
         #[arg(long, default_value_t = 200)]
         messages: usize,
+        /// Connect the sender to this server instead (another node of a cluster), so every
+        /// message crosses nodes before it fans out.
+        #[arg(long)]
+        sender_target: Option<SocketAddr>,
     },
     /// Open and hold N connections; report the connect rate and the server's RSS per connection.
     Idle {
@@ -196,18 +202,24 @@ async fn echo(
 
 async fn broadcast(
     target: SocketAddr,
+    sender_target: SocketAddr,
     receivers: usize,
     messages: usize,
     deadline: Instant,
 ) -> serde_json::Value {
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(receivers.max(1));
+    // Receivers leave together once all are done: an early leaver's notice must not fill the
+    // queues of receivers still reading (that is the mass-departure workload, not this one).
+    let done = Arc::new(tokio::sync::Barrier::new(receivers));
     for i in 0..receivers {
         let ready = ready_tx.clone();
+        let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let mut ws = connect(target, &format!("recv{i}"), i).await.unwrap();
             let _ = ready.send(()).await;
             let mut latencies = Vec::with_capacity(messages);
+            let mut last = None;
             while latencies.len() < messages && Instant::now() < deadline {
                 let Ok(Some(text)) =
                     tokio::time::timeout(Duration::from_secs(10), next_text(&mut ws)).await
@@ -217,41 +229,59 @@ async fn broadcast(
                 if let Some(ts) = text.strip_prefix("Client #sender says: ") {
                     let sent: u128 = ts.parse().unwrap_or(0);
                     latencies.push((now_ns().saturating_sub(sent)) as f64 / 1e6);
+                    last = Some(Instant::now());
                 }
             }
+            let _ = tokio::time::timeout_at(deadline.into(), done.wait()).await;
             let _ = ws.close(None).await;
-            latencies
+            (latencies, last)
         }));
     }
     for _ in 0..receivers {
         ready_rx.recv().await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // every receiver is a member
-    let mut sender = connect(target, "sender", receivers).await.unwrap();
+    let mut sender = connect(sender_target, "sender", receivers).await.unwrap();
+    // The loop is closed on the receivers' side: after its own reply, the sender waits until a
+    // probe connected where the receivers are has the message (the same node, or the other one).
+    let mut probe = connect(target, "probe", receivers + 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // the probe is a member everywhere
     let started = Instant::now();
     for _ in 0..messages {
         if Instant::now() > deadline {
             break;
         }
-        sender
-            .send(Message::text(now_ns().to_string()))
-            .await
-            .unwrap();
+        let ts = now_ns().to_string();
+        sender.send(Message::text(ts.clone())).await.unwrap();
         while let Some(text) = next_text(&mut sender).await {
             if text.starts_with("You sent: ") {
                 break;
             }
         }
+        let expected = format!("Client #sender says: {ts}");
+        while let Ok(Some(text)) =
+            tokio::time::timeout(Duration::from_secs(10), next_text(&mut probe)).await
+        {
+            if text == expected {
+                break;
+            }
+        }
     }
+    let _ = probe.close(None).await;
     let mut all = Vec::new();
+    let mut last_delivery = started;
     for t in tasks {
-        all.extend(t.await.unwrap());
+        let (latencies, last) = t.await.unwrap();
+        all.extend(latencies);
+        last_delivery = last_delivery.max(last.unwrap_or(started));
     }
-    let secs = started.elapsed().as_secs_f64();
+    // Until the last delivery: with the sender on another node, its own loop ends earlier.
+    let secs = (last_delivery - started).as_secs_f64();
     let _ = sender.close(None).await;
     all.sort_by(f64::total_cmp);
     json!({
         "mode": "broadcast", "receivers": receivers, "messages": messages, "deliveries": all.len(),
+        "cross_node": sender_target != target,
         "expected_deliveries": receivers * messages, "secs": secs,
         "deliveries_per_s": all.len() as f64 / secs,
         "fanout_ms": { "p50": percentile(&all, 0.5), "p99": percentile(&all, 0.99) },
@@ -369,7 +399,15 @@ async fn main() {
         Mode::Broadcast {
             receivers,
             messages,
-        } => broadcast(cli.target, receivers, messages, deadline).await,
+            sender_target,
+        } => {
+            let sender = sender_target.unwrap_or(cli.target);
+            if !sender.ip().is_loopback() {
+                eprintln!("wsmon-load: only loopback targets are allowed");
+                std::process::exit(2);
+            }
+            broadcast(cli.target, sender, receivers, messages, deadline).await
+        }
         Mode::Idle {
             connections,
             hold_secs,

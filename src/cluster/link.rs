@@ -347,6 +347,10 @@ fn timeout_error(what: &'static str) -> redis::RedisError {
 
 /// Handles one message from a channel.
 fn receive(shared: &Shared, outbox: &Outbox, payload: &[u8]) {
+    // Redis echoes this node's own chat messages back: skip them without decoding.
+    if payload.starts_with(&shared.own_chat_prefix) {
+        return;
+    }
     let decoded = (payload.len() <= MAX_PAYLOAD)
         .then(|| serde_json::from_slice::<Wire>(payload).ok())
         .flatten();

@@ -43,6 +43,8 @@ pub type Serve = Box<dyn Fn(Op, &str) -> (u16, serde_json::Value) + Send + Sync>
 /// State the cluster tasks share.
 pub(crate) struct Shared {
     node: String,
+    /// How this node's own chat messages begin on the wire (they come back from Redis).
+    own_chat_prefix: Vec<u8>,
     epoch: u64,
     names: Names,
     metrics: Arc<Metrics>,
@@ -138,6 +140,7 @@ impl Cluster {
         let started = crate::monitor::entry::now_us();
         let shared = Arc::new(Shared {
             node: settings.node_id.clone(),
+            own_chat_prefix: wire::chat_prefix(&settings.node_id),
             epoch: started / 1000,
             names: Names::new(&settings.prefix),
             metrics: member.metrics,

@@ -82,6 +82,14 @@ pub enum Op {
     },
 }
 
+/// The bytes every [`Wire::Chat`] from `node` begins with, as serialized (the tag, then the node).
+pub fn chat_prefix(node: &str) -> Vec<u8> {
+    let mut prefix = br#"{"type":"chat","node":"#.to_vec();
+    prefix.extend(serde_json::to_vec(node).expect("strings serialize"));
+    prefix.push(b',');
+    prefix
+}
+
 /// What a node publishes about itself under its presence key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -114,6 +122,8 @@ mod tests {
         };
         let json = serde_json::to_string(&chat).unwrap();
         assert!(!json.contains("traceparent"));
+        assert!(json.as_bytes().starts_with(&chat_prefix("a")));
+        assert!(!json.as_bytes().starts_with(&chat_prefix("ab")));
         assert_eq!(serde_json::from_str::<Wire>(&json).unwrap(), chat);
         let kick = Wire::Request {
             node: "a".into(),
