@@ -362,6 +362,28 @@ async fn every_documented_series_reaches_prometheus_under_the_names_metrics_serv
     let (server, peer) = node_and_peer(&collector, &redis, &run).await;
     scripted_load(&server, &run).await;
     message_from(&peer, &run).await;
+    // Without message spans, a message crossing nodes adds no span to its connection's trace.
+    let peer_client = format!("p-{run}");
+    let (trace, _) = eventually("the peer client's close", || close_span(&peer_client)).await;
+    let operations: BTreeSet<String> = trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["operationName"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        operations,
+        BTreeSet::from(
+            [
+                "websocket.connection",
+                "websocket.open",
+                "websocket.close",
+                "websocket.cleanup"
+            ]
+            .map(String::from)
+        )
+    );
+    assert_eq!(trace["spans"].as_array().unwrap().len(), 4);
     let scraped = reqwest::get(format!("http://{}/metrics", server.addr))
         .await
         .unwrap()

@@ -25,12 +25,15 @@ pub struct Envelope {
     pub text: Utf8Bytes,
     /// A member that must not receive it (the one leaving, for a leave notice).
     pub except: Option<Uuid>,
+    /// The message's own span, when it is traced: the backplane continues its trace.
+    pub span: Option<tracing::Span>,
 }
 
 /// Carries messages published on this node to the other nodes. `forward` must not wait: it
 /// runs inside the fan-out of the publishing session.
 pub trait Forward: Send + Sync {
-    fn forward(&self, text: &Utf8Bytes);
+    /// `span`: the message's span, when the message is traced.
+    fn forward(&self, text: &Utf8Bytes, span: Option<&tracing::Span>);
 }
 
 struct Member {
@@ -116,14 +119,18 @@ impl Hub {
     pub fn publish(&self, envelope: Envelope) -> usize {
         let delivered = self.fan_out(&envelope);
         if let Some(forward) = self.forward.get() {
-            forward.forward(&envelope.text);
+            forward.forward(&envelope.text, envelope.span.as_ref());
         }
         delivered
     }
 
     /// Fans out a message another node published, to local members only.
     pub fn deliver_remote(&self, text: Utf8Bytes) -> usize {
-        self.fan_out(&Envelope { text, except: None })
+        self.fan_out(&Envelope {
+            text,
+            except: None,
+            span: None,
+        })
     }
 
     fn fan_out(&self, envelope: &Envelope) -> usize {
@@ -196,6 +203,7 @@ impl Drop for Membership {
         self.hub.publish(Envelope {
             text: protocol::left(&self.client_id).into(),
             except: Some(self.id),
+            span: None,
         });
     }
 }
@@ -232,6 +240,7 @@ mod tests {
             hub.publish(Envelope {
                 text: format!("m{i}").into(),
                 except: None,
+                span: None,
             });
             assert_eq!(fast_rx.try_recv().unwrap().as_str(), format!("m{i}"));
         }

@@ -196,6 +196,7 @@ where
                 membership.hub().publish(Envelope {
                     text: protocol::says(client_id, &text).into(),
                     except: None,
+                    span: span.clone(),
                 });
             }
             Message::Binary(_) => return End::Server(CloseReason::UnsupportedData),

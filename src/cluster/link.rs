@@ -46,13 +46,17 @@ pub(super) struct Outbox {
 }
 
 impl Forward for Outbox {
-    fn forward(&self, text: &Utf8Bytes) {
+    fn forward(&self, text: &Utf8Bytes, span: Option<&tracing::Span>) {
         let metrics = &self.shared.metrics;
         if !self.shared.publishing.load(Relaxed) {
             metrics.backplane_drop(BackplaneDrop::BackplaneDown, 1);
             return;
         }
-        let (span, traceparent) = publish_span(&self.shared.node);
+        let (span, traceparent) = span.map_or((None, None), |parent| {
+            let span = publish_span(parent, &self.shared.node);
+            let traceparent = telemetry::spans::traceparent(&span);
+            (Some(span), traceparent)
+        });
         let item = Outgoing::Chat {
             text: text.clone(),
             sent_at: telemetry_now_ns(),
@@ -82,24 +86,19 @@ impl Outbox {
     }
 }
 
-/// A `backplane.publish` span under the current span (the message span), when that is traced.
-fn publish_span(node: &str) -> (Option<tracing::Span>, Option<String>) {
-    let current = tracing::Span::current();
-    if !telemetry::spans::span_context(&current).is_valid() {
-        return (None, None);
-    }
-    let span = tracing::info_span!(
+/// A `backplane.publish` span under the message's own span (never under the connection span:
+/// a connection's trace stays bounded).
+fn publish_span(parent: &tracing::Span, node: &str) -> tracing::Span {
+    tracing::info_span!(
         target: "wsmon",
-        parent: &current,
+        parent: parent,
         "backplane.publish",
         otel.name = spans::BACKPLANE_PUBLISH,
         otel.kind = "producer",
         messaging.system = "redis",
         messaging.operation.type = "publish",
         wsmon.node.id = %node,
-    );
-    let traceparent = telemetry::spans::traceparent(&span);
-    (Some(span), traceparent)
+    )
 }
 
 /// Now as unix nanoseconds.
