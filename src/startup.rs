@@ -111,6 +111,10 @@ impl Application {
                     registry: registry.clone(),
                     metrics: metrics.metrics.clone(),
                     serve: stats::serve_remote(monitoring.clone()),
+                    // "Client #" + an id of at most max_client_id_chars (4 bytes each) + " says: ".
+                    max_text: settings.websocket.max_message_size
+                        + 4 * settings.websocket.max_client_id_chars
+                        + 16,
                 },
             )
         });

@@ -2,8 +2,8 @@
 //! loopback port): chat crosses nodes with the contract's exact texts and in order, the
 //! cluster view lists the nodes, a connection on another node is listed and kicked through
 //! this one, a Redis restart never stops local chat and cross-node chat resumes by itself, a
-//! SIGKILLed node leaves the view within its presence expiry, and garbage on the channels is
-//! counted and ignored.
+//! SIGKILLed node leaves the view within its presence expiry, garbage on the channels is
+//! counted and ignored, and two live nodes sharing an id still chat and are warned about.
 //!
 //! Run with `cargo test --features cluster-tests --test cluster` (needs `redis-server` on the
 //! PATH; `.ci/run` installs it).
@@ -428,8 +428,23 @@ async fn garbage_on_the_channels_is_counted_and_ignored() {
         .await
         .unwrap();
     assert_eq!(alice.recv_text().await, "Client #x says: <b>");
+    // A text longer than any node could have produced is refused, not fanned out.
+    let huge = serde_json::json!({
+        "type": "chat", "node": "x", "epoch": 1, "seq": 2, "sent_at": 0,
+        "text": "y".repeat(1024 * 1024),
+    });
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("wsmon:chat")
+        .arg(huge.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let decode = "websocket_server_backplane_errors_total{operation=\"decode\"}";
-    assert_eq!(a.metric(decode).await, 6.0);
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    while a.metric(decode).await < 7.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.metric(decode).await, 7.0);
     alice.send("still here").await;
     assert_eq!(alice.recv_text().await, "You sent: still here");
     assert_eq!(a.cluster().await["backplane"]["up"], true);
@@ -461,5 +476,59 @@ async fn a_node_whose_redis_is_unreachable_serves_its_own_clients() {
         a.metric("websocket_server_backplane_errors_total{operation=\"connect\"}")
             .await
             >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn two_nodes_given_the_same_id_still_chat_and_the_clash_is_logged() {
+    let redis = Redis::start();
+    let (a, b) = (
+        Node::start(&redis.url(), "twin"),
+        Node::start(&redis.url(), "twin"),
+    );
+    a.wait_view("the backplane up", Duration::from_secs(10), |v| {
+        v["backplane"]["up"] == true
+    })
+    .await;
+    b.wait_view("the backplane up", Duration::from_secs(10), |v| {
+        v["backplane"]["up"] == true
+    })
+    .await;
+    let mut x = a.connect("x").await;
+    let mut y = b.connect("y").await;
+    x.send("same id").await;
+    assert_eq!(y.recv_text().await, "Client #x says: same id");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let clash = |node: &Node| {
+        node.server.log_lines().iter().any(|l| {
+            l["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("uses this node's id")
+        })
+    };
+    while !(clash(&a) || clash(&b)) {
+        assert!(Instant::now() < deadline, "no warning about the shared id");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_restarted_under_its_id_before_its_key_expires_is_not_taken_for_a_twin() {
+    let redis = Redis::start();
+    let mut first = Node::start(&redis.url(), "phoenix");
+    first.wait_ready(1).await;
+    first.server.child.kill().unwrap(); // its key stays until it expires
+    first.server.child.wait().unwrap();
+    let again = Node::start(&redis.url(), "phoenix");
+    again.wait_ready(1).await;
+    tokio::time::sleep(Duration::from_millis(5 * HEARTBEAT_MS)).await;
+    let lines = again.server.log_lines();
+    assert!(
+        !lines.iter().any(|l| l["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("uses this node's id")),
+        "a restart is not a twin"
     );
 }

@@ -344,8 +344,11 @@ fn timeout_error(what: &'static str) -> redis::RedisError {
     ))
 }
 
+/// Requests from other nodes served at once, at most; beyond, they are answered 503 at once.
+pub(super) const SERVING: usize = 8;
+
 /// Handles one message from a channel.
-fn receive(shared: &Shared, outbox: &Outbox, payload: &[u8]) {
+fn receive(shared: &Arc<Shared>, outbox: &Arc<Outbox>, payload: &[u8]) {
     // Redis echoes this node's own chat messages back: skip them without decoding.
     if payload.starts_with(&shared.own_chat_prefix) {
         return;
@@ -361,7 +364,13 @@ fn receive(shared: &Shared, outbox: &Outbox, payload: &[u8]) {
         return;
     };
     match wire {
-        Wire::Chat { ref node, .. } if *node == shared.node => {}
+        Wire::Chat { ref text, .. } if text.len() > shared.max_text => {
+            shared.metrics.backplane_error(BackplaneOp::Decode);
+            shared.log.failed(&format!(
+                "chat text of {} bytes from Redis refused",
+                text.len()
+            ));
+        }
         Wire::Chat {
             node,
             epoch,
@@ -404,16 +413,37 @@ fn receive(shared: &Shared, outbox: &Outbox, payload: &[u8]) {
             }
         }
         Wire::Request { node, id, op } => {
-            let (status, body) = (shared.serve)(op, &node);
-            let reply = Wire::Reply {
-                node: shared.node.clone(),
-                id,
-                status,
-                body,
+            // Off the subscriber task: a value-sorted page can take milliseconds, and chat
+            // from other nodes must not wait for it.
+            let channel = shared.names.control(&node);
+            let Ok(permit) = shared.serving.clone().try_acquire_owned() else {
+                let busy = crate::error::ApiError::Unavailable(
+                    "this node is busy serving other nodes".into(),
+                );
+                let (status, body) = busy.status_and_body();
+                let reply = Wire::Reply {
+                    node: shared.node.clone(),
+                    id,
+                    status: status.as_u16(),
+                    body,
+                };
+                outbox.control(channel, reply);
+                return;
             };
-            if !outbox.control(shared.names.control(&node), reply) {
-                shared.metrics.backplane_error(BackplaneOp::Publish);
-            }
+            let (shared, outbox) = (shared.clone(), outbox.clone());
+            tokio::spawn(async move {
+                let (status, body) = (shared.serve)(op, &node);
+                drop(permit);
+                let reply = Wire::Reply {
+                    node: shared.node.clone(),
+                    id,
+                    status,
+                    body,
+                };
+                if !outbox.control(channel, reply) {
+                    shared.metrics.backplane_error(BackplaneOp::Publish);
+                }
+            });
         }
         Wire::Reply {
             id, status, body, ..

@@ -43,7 +43,7 @@ pub type Serve = Box<dyn Fn(Op, &str) -> (u16, serde_json::Value) + Send + Sync>
 /// State the cluster tasks share.
 pub(crate) struct Shared {
     node: String,
-    /// How this node's own chat messages begin on the wire (they come back from Redis).
+    /// How this process's own chat messages begin on the wire (they come back from Redis).
     own_chat_prefix: Vec<u8>,
     epoch: u64,
     names: Names,
@@ -61,7 +61,13 @@ pub(crate) struct Shared {
     pending: Pending,
     sequences: Sequences,
     serve: Serve,
+    /// Permits for serving other nodes' requests at once.
+    serving: Arc<tokio::sync::Semaphore>,
+    /// Longest chat text accepted from Redis (bytes).
+    max_text: usize,
     log: FailureLog,
+    /// Another live node wrote this node's presence key.
+    duplicate_log: FailureLog,
 }
 
 impl Shared {
@@ -129,6 +135,9 @@ pub struct Membership {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub serve: Serve,
+    /// Longest chat text accepted from another node (bytes): what this node's own clients may
+    /// send, plus the `Client #<id> says: ` framing.
+    pub max_text: usize,
 }
 
 impl Cluster {
@@ -140,7 +149,7 @@ impl Cluster {
         let started = crate::monitor::entry::now_us();
         let shared = Arc::new(Shared {
             node: settings.node_id.clone(),
-            own_chat_prefix: wire::chat_prefix(&settings.node_id),
+            own_chat_prefix: wire::chat_prefix(&settings.node_id, started / 1000),
             epoch: started / 1000,
             names: Names::new(&settings.prefix),
             metrics: member.metrics,
@@ -157,10 +166,16 @@ impl Cluster {
             pending: Pending::new(settings.max_pending_requests),
             sequences: Sequences::new(settings.max_nodes),
             serve: member.serve,
+            serving: Arc::new(tokio::sync::Semaphore::new(link::SERVING)),
+            max_text: member.max_text,
             log: FailureLog::with_message(
                 "backplane",
                 "Redis backplane failing; local chat continues, cross-node messages are dropped \
                  and counted",
+            ),
+            duplicate_log: FailureLog::with_message(
+                "backplane",
+                "another live node uses this node's id: give every node its own cluster.node_id",
             ),
         });
         shared.update_gauges();

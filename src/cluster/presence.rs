@@ -49,6 +49,7 @@ pub(super) fn now_ms() -> u64 {
 pub(super) async fn run(shared: Arc<Shared>, client: redis::Client, stop: CancellationToken) {
     let key = shared.names.presence(&shared.node);
     let mut conn = None;
+    let mut last_write = None;
     let mut tick = tokio::time::interval(shared.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -58,7 +59,7 @@ pub(super) async fn run(shared: Arc<Shared>, client: redis::Client, stop: Cancel
         }
         let refreshed = tokio::time::timeout(
             REDIS_TIMEOUT * 2,
-            refresh(&shared, &client, &key, &mut conn),
+            refresh(&shared, &client, &key, &mut conn, &mut last_write),
         )
         .await;
         let ok = matches!(refreshed, Ok(Ok(())));
@@ -83,20 +84,37 @@ async fn refresh(
     client: &redis::Client,
     key: &str,
     conn: &mut Option<redis::aio::MultiplexedConnection>,
+    last_write: &mut Option<u64>,
 ) -> redis::RedisResult<()> {
     if conn.is_none() {
         *conn = Some(connect(client).await?);
     }
     let conn = conn.as_mut().expect("connected above");
-    let me = serde_json::to_string(&shared.self_info()).expect("node info serializes");
+    let me = shared.self_info();
     let ttl = shared.presence_ttl.as_millis() as u64;
-    let _: () = redis::cmd("SET")
+    let previous: Option<String> = redis::cmd("SET")
         .arg(key)
-        .arg(me)
+        .arg(serde_json::to_string(&me).expect("node info serializes"))
         .arg("PX")
         .arg(ttl)
+        .arg("GET")
         .query_async(conn)
         .await?;
+    // Written since our last write by a process with another start: a second live node with
+    // this id (an earlier run of this node stops writing, so it never qualifies).
+    let twin = previous
+        .and_then(|v| serde_json::from_str::<NodeInfo>(&v).ok())
+        .filter(|p| {
+            p.started_at != shared.started_at
+                && last_write.is_some_and(|at| p.heartbeat_unix_ms > at)
+        });
+    if let Some(other) = twin {
+        shared.duplicate_log.failed(&format!(
+            "{} started at {}",
+            other.address, other.started_at
+        ));
+    }
+    *last_write = Some(me.heartbeat_unix_ms);
     // SCAN, bounded by max_nodes keys; then one MGET.
     let mut keys: Vec<String> = Vec::new();
     let mut cursor = 0u64;

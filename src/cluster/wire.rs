@@ -82,11 +82,12 @@ pub enum Op {
     },
 }
 
-/// The bytes every [`Wire::Chat`] from `node` begins with, as serialized (the tag, then the node).
-pub fn chat_prefix(node: &str) -> Vec<u8> {
+/// The bytes every [`Wire::Chat`] from `node` in `epoch` begins with, as serialized (the tag,
+/// the node, the epoch): a node with the same id but another epoch is someone else.
+pub fn chat_prefix(node: &str, epoch: u64) -> Vec<u8> {
     let mut prefix = br#"{"type":"chat","node":"#.to_vec();
     prefix.extend(serde_json::to_vec(node).expect("strings serialize"));
-    prefix.push(b',');
+    prefix.extend(format!(r#","epoch":{epoch},"#).as_bytes());
     prefix
 }
 
@@ -122,8 +123,9 @@ mod tests {
         };
         let json = serde_json::to_string(&chat).unwrap();
         assert!(!json.contains("traceparent"));
-        assert!(json.as_bytes().starts_with(&chat_prefix("a")));
-        assert!(!json.as_bytes().starts_with(&chat_prefix("ab")));
+        assert!(json.as_bytes().starts_with(&chat_prefix("a", 1)));
+        assert!(!json.as_bytes().starts_with(&chat_prefix("ab", 1)));
+        assert!(!json.as_bytes().starts_with(&chat_prefix("a", 11)));
         assert_eq!(serde_json::from_str::<Wire>(&json).unwrap(), chat);
         let kick = Wire::Request {
             node: "a".into(),
