@@ -12,10 +12,10 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::protocol;
+use super::queue::{self, Receiver, Sender, TrySendError};
 use crate::monitor::{CloseReason, ConnectionEntry};
 use crate::telemetry::metrics::Metrics;
 
@@ -37,7 +37,7 @@ pub trait Forward: Send + Sync {
 }
 
 struct Member {
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: Sender,
     entry: Arc<ConnectionEntry>,
 }
 
@@ -62,7 +62,7 @@ pub struct Membership {
     hub: Hub,
     id: Uuid,
     client_id: String,
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: Sender,
 }
 
 impl Hub {
@@ -83,17 +83,10 @@ impl Hub {
 
     /// Joins `entry` with an outbound queue of `capacity` messages. From the moment this
     /// returns, the member receives every message published.
-    pub fn join(
-        &self,
-        entry: Arc<ConnectionEntry>,
-        capacity: usize,
-    ) -> (Membership, mpsc::Receiver<Utf8Bytes>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    pub fn join(&self, entry: Arc<ConnectionEntry>, capacity: usize) -> (Membership, Receiver) {
+        let (tx, rx) = queue::channel(capacity);
         let weak = tx.downgrade();
-        entry.set_queue_probe(Box::new(move || {
-            weak.upgrade()
-                .map_or(0, |tx| tx.max_capacity() - tx.capacity())
-        }));
+        entry.set_queue_probe(Box::new(move || weak.depth()));
         let id = entry.id();
         let client_id = entry.info().client_id.clone();
         let member = Member {
@@ -143,11 +136,11 @@ impl Hub {
             }
             match member.tx.try_send(envelope.text.clone()) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(TrySendError::Full) => {
                     self.metrics.send_queue_drops.increment(1);
                     member.entry.request_close(CloseReason::SlowConsumer);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(TrySendError::Closed) => {}
             }
         }
         drop(members);
@@ -220,11 +213,7 @@ mod tests {
         hub: &Hub,
         id: &str,
         capacity: usize,
-    ) -> (
-        crate::monitor::ConnectionGuard,
-        Membership,
-        mpsc::Receiver<Utf8Bytes>,
-    ) {
+    ) -> (crate::monitor::ConnectionGuard, Membership, Receiver) {
         let guard = registry.register(ConnectionInfo::new(id));
         let (membership, rx) = hub.join(guard.entry().clone(), capacity);
         (guard, membership, rx)

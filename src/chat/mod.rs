@@ -5,6 +5,7 @@
 pub mod hub;
 pub mod policy;
 pub mod protocol;
+pub mod queue;
 pub mod session;
 
 pub use hub::{Hub, Membership};

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Envelope, Membership};
 use super::policy::{watch_idle, Liveness, MessageSampler, RateLimit, RateLimiter, Verdict};
 use super::protocol;
+use super::queue::Receiver;
 use crate::monitor::{CloseReason, ConnectionEntry, ConnectionGuard, Outcome};
 use crate::telemetry::{self, names::spans};
 
@@ -57,7 +58,7 @@ pub async fn run<S, R>(
     (mut sink, mut stream): (S, R),
     mut guard: ConnectionGuard,
     membership: Membership,
-    mut outbound: mpsc::Receiver<Utf8Bytes>,
+    mut outbound: Receiver,
     shutdown: CancellationToken,
     limits: SessionLimits,
 ) where
@@ -101,7 +102,19 @@ pub async fn run<S, R>(
         }
     };
     drop(outbound);
-    let outcome = match end {
+    let outcome = finish(end, &mut sink, &limits).await;
+    guard.set_outcome(outcome);
+    // The leave notice goes out inside the disconnect's cleanup span.
+    guard.attach(membership);
+    drop(guard);
+}
+
+/// Sends or answers the close frame as `end` requires; how the connection ended.
+async fn finish<S>(end: End, sink: &mut S, limits: &SessionLimits) -> Outcome
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    match end {
         End::ClientClosed(code) => {
             // tungstenite queued the echo of the client's close frame; flush it out.
             let _ = tokio::time::timeout(limits.close_timeout, sink.close()).await;
@@ -139,11 +152,7 @@ pub async fn run<S, R>(
             code_sent: None,
             code_received: None,
         },
-    };
-    guard.set_outcome(outcome);
-    // The leave notice goes out inside the disconnect's cleanup span.
-    guard.attach(membership);
-    drop(guard);
+    }
 }
 
 async fn read_loop<R>(
@@ -210,7 +219,7 @@ where
 
 async fn write_loop<S>(
     sink: &mut S,
-    outbound: &mut mpsc::Receiver<Utf8Bytes>,
+    outbound: &mut Receiver,
     entry: &ConnectionEntry,
     ping: &Notify,
     send_timeout: Duration,
@@ -218,7 +227,8 @@ async fn write_loop<S>(
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grows with use; an idle connection allocates nothing here.
+    let mut batch = Vec::new();
     loop {
         let received = tokio::select! {
             n = outbound.recv_many(&mut batch, WRITE_BATCH) => n,
@@ -247,6 +257,10 @@ where
             Err(_) => return End::Server(CloseReason::SlowConsumer),
             Ok(Err(_)) => return End::WriteFailed,
             Ok(Ok(())) => entry.record_sent_many(frames, bytes),
+        }
+        // A burst grew the batch; a quiet connection gives that memory back.
+        if frames <= 4 && batch.capacity() > 16 {
+            batch.shrink_to(4);
         }
     }
 }

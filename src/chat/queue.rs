@@ -1,0 +1,199 @@
+//! The outbound queue of one connection: bounded, single consumer, and allocating nothing while
+//! it is empty (an idle connection costs its queue about a hundred bytes; tokio's mpsc channel
+//! allocates a block of 32 slots up front, 1 KiB or more per connection). Senders never wait:
+//! [`Sender::try_send`] fails at once when the queue is full or its receiver is gone.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Notify;
+
+/// Capacity kept by a drained queue; anything beyond is given back.
+const KEEP: usize = 16;
+
+struct Shared {
+    items: Mutex<VecDeque<Utf8Bytes>>,
+    capacity: usize,
+    notify: Notify,
+    senders: AtomicUsize,
+    receiver_gone: AtomicBool,
+}
+
+impl Shared {
+    fn items(&self) -> MutexGuard<'_, VecDeque<Utf8Bytes>> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrySendError {
+    /// `capacity` messages are waiting.
+    Full,
+    /// The receiver is gone (the connection is ending).
+    Closed,
+}
+
+/// A queue of at most `capacity` messages.
+pub fn channel(capacity: usize) -> (Sender, Receiver) {
+    let shared = Arc::new(Shared {
+        items: Mutex::new(VecDeque::new()),
+        capacity,
+        notify: Notify::new(),
+        senders: AtomicUsize::new(1),
+        receiver_gone: AtomicBool::new(false),
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+/// Queues messages; cheap to clone. When the last one is dropped, the receiver sees the end.
+pub struct Sender(Arc<Shared>);
+
+impl Clone for Sender {
+    fn clone(&self) -> Self {
+        self.0.senders.fetch_add(1, Ordering::Relaxed);
+        Self(self.0.clone())
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.notify.notify_one();
+        }
+    }
+}
+
+impl Sender {
+    /// Queues `item` without waiting.
+    pub fn try_send(&self, item: Utf8Bytes) -> Result<(), TrySendError> {
+        if self.0.receiver_gone.load(Ordering::Relaxed) {
+            return Err(TrySendError::Closed);
+        }
+        let mut items = self.0.items();
+        if items.len() >= self.0.capacity {
+            return Err(TrySendError::Full);
+        }
+        items.push_back(item);
+        drop(items);
+        self.0.notify.notify_one();
+        Ok(())
+    }
+
+    /// A handle that reads the depth without keeping the queue open.
+    pub fn downgrade(&self) -> WeakSender {
+        WeakSender(Arc::downgrade(&self.0))
+    }
+}
+
+/// Reads a queue's depth; does not count as a sender.
+pub struct WeakSender(Weak<Shared>);
+
+impl WeakSender {
+    /// Messages waiting (0 once the queue is gone).
+    pub fn depth(&self) -> usize {
+        self.0.upgrade().map_or(0, |s| s.items().len())
+    }
+}
+
+/// The one consumer.
+pub struct Receiver(Arc<Shared>);
+
+impl Receiver {
+    /// Waits for messages and moves up to `limit` of them into `buffer`; 0 once every sender is
+    /// gone and nothing is left. Cancel-safe: nothing is taken unless it is returned.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Utf8Bytes>, limit: usize) -> usize {
+        loop {
+            {
+                let mut items = self.0.items();
+                if !items.is_empty() {
+                    let n = limit.min(items.len());
+                    buffer.extend(items.drain(..n));
+                    if items.is_empty() && items.capacity() > KEEP {
+                        items.shrink_to(KEEP);
+                    }
+                    return n;
+                }
+                if self.0.senders.load(Ordering::Acquire) == 0 {
+                    return 0;
+                }
+            }
+            // A notification sent since the check above is kept as a permit: nothing is missed.
+            self.0.notify.notified().await;
+        }
+    }
+
+    /// A waiting message, if any.
+    pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
+        self.0.items().pop_front()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.0.receiver_gone.store(true, Ordering::Relaxed);
+        self.0.items().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn bounded_and_closed_when_the_receiver_is_gone() {
+        let (tx, rx) = channel(2);
+        assert_eq!(tx.try_send("a".into()), Ok(()));
+        assert_eq!(tx.try_send("b".into()), Ok(()));
+        assert_eq!(tx.try_send("c".into()), Err(TrySendError::Full));
+        assert_eq!(tx.downgrade().depth(), 2);
+        drop(rx);
+        assert_eq!(tx.try_send("d".into()), Err(TrySendError::Closed));
+        assert_eq!(tx.downgrade().depth(), 0, "cleared with the receiver");
+    }
+
+    #[tokio::test]
+    async fn batches_in_order_wakes_on_send_and_ends_with_the_last_sender() {
+        let (tx, mut rx) = channel(100);
+        let tx2 = tx.clone();
+        let mut buffer = Vec::new();
+        for i in 0..5 {
+            tx.try_send(i.to_string().into()).unwrap();
+        }
+        assert_eq!(rx.recv_many(&mut buffer, 3).await, 3);
+        assert_eq!(rx.recv_many(&mut buffer, 3).await, 2);
+        let got: Vec<&str> = buffer.iter().map(|t| t.as_str()).collect();
+        assert_eq!(got, ["0", "1", "2", "3", "4"]);
+        let waiting = tokio::spawn(async move {
+            let mut b = Vec::new();
+            let n = rx.recv_many(&mut b, 10).await;
+            (n, b, rx)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx2.try_send("late".into()).unwrap();
+        let (n, b, mut rx) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((n, b[0].as_str()), (1, "late"));
+        drop(tx);
+        drop(tx2);
+        let ended = tokio::time::timeout(Duration::from_secs(5), rx.recv_many(&mut buffer, 1));
+        assert_eq!(ended.await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_its_memory_back() {
+        let (tx, mut rx) = channel(1000);
+        for _ in 0..500 {
+            tx.try_send("x".into()).unwrap();
+        }
+        let mut buffer = Vec::new();
+        while rx.recv_many(&mut buffer, 64).await == 64 {}
+        assert!(rx.0.items().capacity() <= KEEP);
+    }
+}
