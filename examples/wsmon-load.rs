@@ -7,7 +7,9 @@
 //!   wsmon-load echo      --clients N --messages M --size S
 //!   wsmon-load broadcast --receivers R --messages M [--sender-target ADDR]
 //!   wsmon-load idle      --connections N --hold-secs T [--server-pid P]
-//!   wsmon-load churn     --cycles C --abrupt-share F [--server-pid P]
+//!   wsmon-load churn     [--warmup W] --cycles C --abrupt-share F [--server-pid P]
+//!   wsmon-load scale     --connections N --requests R --round-trips T
+//!   wsmon-load departure --connections N [--server-pid P]
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -69,13 +71,34 @@ enum Mode {
         server_pid: Option<u32>,
     },
     /// Connect, chat once, disconnect; a share of the disconnects are abrupt (no close frame).
+    /// RSS is read after `warmup` cycles and again after `cycles` more.
     Churn {
+        #[arg(long, default_value_t = 0)]
+        warmup: usize,
         #[arg(long, default_value_t = 2_000)]
         cycles: usize,
         #[arg(long, default_value_t = 0.3)]
         abrupt_share: f64,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// Hold N connections, then time `/ws-stats`, a page of 100 and `/metrics` (R requests
+    /// each), and a chatting pair's round trips with and without that polling.
+    Scale {
+        #[arg(long, default_value_t = 15_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        #[arg(long, default_value_t = 100)]
+        round_trips: usize,
+    },
+    /// Hold N chat members, then drop them all at once (TCP reset): N × (N-1) leave notices.
+    /// Reports the server's peak RSS and how long until `/ws-stats` answers in 5 ms again.
+    Departure {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
         #[arg(long)]
         server_pid: Option<u32>,
     },
@@ -291,28 +314,15 @@ async fn broadcast(
 async fn idle(
     target: SocketAddr,
     connections: usize,
-    hold: u64,
+    hold_secs: u64,
     pid: Option<u32>,
     deadline: Instant,
 ) -> serde_json::Value {
-    raise_fd_limit();
     let before = pid.and_then(rss_kib);
     let started = Instant::now();
-    let mut held = Vec::with_capacity(connections);
-    for i in 0..connections {
-        if Instant::now() > deadline {
-            break;
-        }
-        match connect(target, &format!("idle{i}"), i).await {
-            Ok(ws) => held.push(ws),
-            Err(e) => {
-                eprintln!("connection {i} failed: {e}");
-                break;
-            }
-        }
-    }
+    let held = hold(target, connections, deadline).await;
     let connect_secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(hold)).await;
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
     let during = pid.and_then(rss_kib);
     let per_conn = match (before, during) {
         (Some(b), Some(d)) if !held.is_empty() => {
@@ -331,15 +341,44 @@ async fn idle(
 
 async fn churn(
     target: SocketAddr,
-    cycles: usize,
+    (warmup, cycles): (usize, usize),
     abrupt: f64,
     concurrency: usize,
     pid: Option<u32>,
     deadline: Instant,
 ) -> serde_json::Value {
+    if warmup > 0 {
+        churn_cycles(target, 0, warmup, abrupt, concurrency, deadline).await;
+        tokio::time::sleep(Duration::from_secs(3)).await; // freed memory is purged after 1 s
+    }
     let before = pid.and_then(rss_kib);
     let started = Instant::now();
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = churn_cycles(target, warmup, cycles, abrupt, concurrency, deadline).await;
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = pid.and_then(rss_kib);
+    json!({
+        "mode": "churn", "warmup": warmup, "cycles": done, "secs": secs,
+        "cycles_per_s": done as f64 / secs, "abrupt_share": abrupt,
+        "server_rss_kib_before": before, "server_rss_kib_after": after,
+        "rss_change": match (before, after) {
+            (Some(b), Some(a)) if b > 0 => Some(a as f64 / b as f64 - 1.0),
+            _ => None,
+        },
+    })
+}
+
+/// Runs cycles `first..first + cycles` on `concurrency` tasks; returns how many completed.
+async fn churn_cycles(
+    target: SocketAddr,
+    first: usize,
+    cycles: usize,
+    abrupt: f64,
+    concurrency: usize,
+    deadline: Instant,
+) -> usize {
+    let end = first + cycles;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(first));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let next = next.clone();
@@ -347,7 +386,7 @@ async fn churn(
             let mut done = 0usize;
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= cycles || Instant::now() > deadline {
+                if i >= end || Instant::now() > deadline {
                     return done;
                 }
                 let Ok(mut ws) = connect(target, &format!("churn{i}"), i).await else {
@@ -373,11 +412,162 @@ async fn churn(
     for t in tasks {
         done += t.await.unwrap();
     }
-    let secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    done
+}
+
+/// `GET path` on a new connection: how long until the whole answer arrived, and the body.
+async fn http_get(target: SocketAddr, path: &str) -> Option<(f64, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(target).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await.ok()?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| (ms, body.to_owned()))
+}
+
+/// Opens `n` connections (fewer if the deadline passes or a connect fails).
+async fn hold(target: SocketAddr, n: usize, deadline: Instant) -> Vec<Ws> {
+    raise_fd_limit();
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        if Instant::now() > deadline {
+            break;
+        }
+        match connect(target, &format!("held{i}"), i).await {
+            Ok(ws) => held.push(ws),
+            Err(e) => {
+                eprintln!("connection {i} failed: {e}");
+                break;
+            }
+        }
+    }
+    held
+}
+
+fn latency_summary(mut ms: Vec<f64>) -> serde_json::Value {
+    ms.sort_by(f64::total_cmp);
+    json!({ "n": ms.len(), "p50": percentile(&ms, 0.5), "p99": percentile(&ms, 0.99),
+            "max": ms.last().copied() })
+}
+
+/// A pair chatting: `round_trips` messages from one, each awaited by the other; RTTs in ms.
+async fn pair_chat(target: SocketAddr, round_trips: usize, tag: &str) -> Vec<f64> {
+    let mut a = connect(target, &format!("pair-a-{tag}"), 0).await.unwrap();
+    let mut b = connect(target, &format!("pair-b-{tag}"), 1).await.unwrap();
+    let mut rtts = Vec::with_capacity(round_trips);
+    let expected_prefix = format!("Client #pair-a-{tag} says: ");
+    for i in 0..round_trips {
+        let started = Instant::now();
+        a.send(Message::text(i.to_string())).await.unwrap();
+        while let Some(text) = next_text(&mut b).await {
+            if text.strip_prefix(expected_prefix.as_str()) == Some(&i.to_string()) {
+                break;
+            }
+        }
+        rtts.push(started.elapsed().as_secs_f64() * 1e3);
+        // a's own reply and broadcast copy, read so its queue never fills.
+        let mut seen = 0;
+        while seen < 2 {
+            match next_text(&mut a).await {
+                Some(_) => seen += 1,
+                None => break,
+            }
+        }
+    }
+    let _ = a.close(None).await;
+    let _ = b.close(None).await;
+    rtts
+}
+
+async fn scale(
+    target: SocketAddr,
+    connections: usize,
+    requests: usize,
+    round_trips: usize,
+    deadline: Instant,
+) -> serde_json::Value {
+    let held = hold(target, connections, deadline).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let quiet = pair_chat(target, round_trips, "quiet").await;
+    let paths = ["/ws-stats", "/api/v1/connections?limit=100", "/metrics"];
+    let poll = async {
+        let mut out = Vec::new();
+        for path in paths {
+            let mut ms = Vec::with_capacity(requests);
+            for _ in 0..requests {
+                if let Some((t, _)) = http_get(target, path).await {
+                    ms.push(t);
+                }
+            }
+            out.push(latency_summary(ms));
+        }
+        out
+    };
+    let (polled, busy) = tokio::join!(poll, pair_chat(target, round_trips, "busy"));
+    let n = held.len();
+    drop(held);
     json!({
-        "mode": "churn", "cycles": done, "secs": secs, "cycles_per_s": done as f64 / secs,
-        "abrupt_share": abrupt, "server_rss_kib_before": before, "server_rss_kib_after": pid.and_then(rss_kib),
+        "mode": "scale", "connections": n,
+        "ws_stats_ms": polled[0], "page_of_100_ms": polled[1], "metrics_ms": polled[2],
+        "chat_rtt_ms_quiet": latency_summary(quiet), "chat_rtt_ms_while_polled": latency_summary(busy),
+    })
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn departure(
+    target: SocketAddr,
+    connections: usize,
+    pid: Option<u32>,
+    deadline: Instant,
+) -> serde_json::Value {
+    let held = hold(target, connections, deadline).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_held = pid.and_then(rss_kib);
+    let peak_before = pid.and_then(peak_rss_kib);
+    let baseline = http_get(target, "/ws-stats").await.map(|(ms, _)| ms);
+    let n = held.len();
+    let dropped = Instant::now();
+    for ws in held {
+        let _ = ws.get_ref().set_zero_linger();
+        drop(ws);
+    }
+    let drop_ms = dropped.elapsed().as_secs_f64() * 1e3;
+    // Poll until the registry is empty and /ws-stats answers in 5 ms.
+    let mut slowest: f64 = 0.0;
+    let mut recovered_ms = None;
+    while Instant::now() < deadline {
+        if let Some((ms, body)) = http_get(target, "/ws-stats").await {
+            slowest = slowest.max(ms);
+            let empty = serde_json::from_str::<serde_json::Value>(&body)
+                .is_ok_and(|v| v["global_stats"]["active_connections"] == 0);
+            if empty && ms <= 5.0 {
+                recovered_ms = Some(dropped.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    json!({
+        "mode": "departure", "connections": n, "drop_ms": drop_ms,
+        "ws_stats_ms_before": baseline, "ws_stats_slowest_ms": slowest,
+        "until_ws_stats_fast_and_empty_ms": recovered_ms,
+        "server_rss_kib_held": rss_held, "server_peak_rss_kib_before": peak_before,
+        "server_peak_rss_kib": pid.and_then(peak_rss_kib),
+        "server_rss_kib_after": pid.and_then(rss_kib),
     })
 }
 
@@ -414,6 +604,7 @@ async fn main() {
             server_pid,
         } => idle(cli.target, connections, hold_secs, server_pid, deadline).await,
         Mode::Churn {
+            warmup,
             cycles,
             abrupt_share,
             concurrency,
@@ -421,7 +612,7 @@ async fn main() {
         } => {
             churn(
                 cli.target,
-                cycles,
+                (warmup, cycles),
                 abrupt_share,
                 concurrency,
                 server_pid,
@@ -429,6 +620,15 @@ async fn main() {
             )
             .await
         }
+        Mode::Scale {
+            connections,
+            requests,
+            round_trips,
+        } => scale(cli.target, connections, requests, round_trips, deadline).await,
+        Mode::Departure {
+            connections,
+            server_pid,
+        } => departure(cli.target, connections, server_pid, deadline).await,
     };
     out["label"] = json!(cli.label);
     out["client_cpu_s"] = json!(cpu_seconds() - cpu);

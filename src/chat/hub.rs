@@ -129,21 +129,26 @@ impl Hub {
     fn fan_out(&self, envelope: &Envelope) -> usize {
         let started = Instant::now();
         let members = self.members.read().unwrap_or_else(|p| p.into_inner());
-        let mut delivered = 0;
+        let (mut delivered, mut drops) = (0, 0);
         for (id, member) in members.iter() {
-            if Some(*id) == envelope.except {
+            // A member asked to close never writes another message: skipping it keeps a mass
+            // departure (N leave notices to N members) from costing a full queue each time.
+            if Some(*id) == envelope.except || member.entry.close_is_requested() {
                 continue;
             }
             match member.tx.try_send(envelope.text.clone()) {
                 Ok(()) => delivered += 1,
                 Err(TrySendError::Full) => {
-                    self.metrics.send_queue_drops.increment(1);
+                    drops += 1;
                     member.entry.request_close(CloseReason::SlowConsumer);
                 }
                 Err(TrySendError::Closed) => {}
             }
         }
         drop(members);
+        if drops > 0 {
+            self.metrics.send_queue_drops.increment(drops);
+        }
         self.metrics
             .fanout_duration
             .record(started.elapsed().as_secs_f64());

@@ -150,8 +150,15 @@ impl ConnectionEntry {
             .close_requested
             .compare_exchange(0, reason.index() as u8 + 1, Relaxed, Relaxed)
             .is_ok();
-        self.close_token.cancel();
+        if won {
+            self.close_token.cancel();
+        }
         won
+    }
+
+    /// Whether a close has been requested (a cheap check for hot loops).
+    pub fn close_is_requested(&self) -> bool {
+        self.close_requested.load(Relaxed) != 0
     }
 
     /// The reason of the first close request, if any.
