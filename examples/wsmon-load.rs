@@ -85,7 +85,7 @@ enum Mode {
         server_pid: Option<u32>,
     },
     /// Hold N connections, then time `/ws-stats`, a page of 100 and `/metrics` (R requests
-    /// each), and a chatting pair's round trips with and without that polling.
+    /// each) alone and while a pair chats, and the pair's round trips with and without polling.
     Scale {
         #[arg(long, default_value_t = 15_000)]
         connections: usize,
@@ -349,14 +349,12 @@ async fn churn(
 ) -> serde_json::Value {
     if warmup > 0 {
         churn_cycles(target, 0, warmup, abrupt, concurrency, deadline).await;
-        tokio::time::sleep(Duration::from_secs(3)).await; // freed memory is purged after 1 s
     }
-    let before = pid.and_then(rss_kib);
+    let before = settled_rss_kib(pid).await;
     let started = Instant::now();
     let done = churn_cycles(target, warmup, cycles, abrupt, concurrency, deadline).await;
     let secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = pid.and_then(rss_kib);
+    let after = settled_rss_kib(pid).await;
     json!({
         "mode": "churn", "warmup": warmup, "cycles": done, "secs": secs,
         "cycles_per_s": done as f64 / secs, "abrupt_share": abrupt,
@@ -366,6 +364,22 @@ async fn churn(
             _ => None,
         },
     })
+}
+
+/// The server's RSS once it stops shrinking (freed memory is purged in the background): two
+/// readings a second apart within 1 %, or the last of 20 readings.
+async fn settled_rss_kib(pid: Option<u32>) -> Option<u64> {
+    let pid = pid?;
+    let mut last = rss_kib(pid)?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_kib(pid)?;
+        if now.abs_diff(last) * 100 <= last {
+            return Some(now);
+        }
+        last = now;
+    }
+    Some(last)
 }
 
 /// Runs cycles `first..first + cycles` on `concurrency` tasks; returns how many completed.
@@ -496,7 +510,7 @@ async fn scale(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let quiet = pair_chat(target, round_trips, "quiet").await;
     let paths = ["/ws-stats", "/api/v1/connections?limit=100", "/metrics"];
-    let poll = async {
+    let poll = || async {
         let mut out = Vec::new();
         for path in paths {
             let mut ms = Vec::with_capacity(requests);
@@ -509,12 +523,15 @@ async fn scale(
         }
         out
     };
-    let (polled, busy) = tokio::join!(poll, pair_chat(target, round_trips, "busy"));
+    // The stats alone, then again while the pair chats (every message fans out to all N).
+    let alone = poll().await;
+    let (during, busy) = tokio::join!(poll(), pair_chat(target, round_trips, "busy"));
     let n = held.len();
     drop(held);
+    let by_path = |v: &[serde_json::Value]| json!({ "ws_stats_ms": v[0], "page_of_100_ms": v[1], "metrics_ms": v[2] });
     json!({
         "mode": "scale", "connections": n,
-        "ws_stats_ms": polled[0], "page_of_100_ms": polled[1], "metrics_ms": polled[2],
+        "stats_alone": by_path(&alone), "stats_while_chatting": by_path(&during),
         "chat_rtt_ms_quiet": latency_summary(quiet), "chat_rtt_ms_while_polled": latency_summary(busy),
     })
 }
