@@ -63,8 +63,17 @@ where
     if let Some(tracer) = tracer {
         let traced = Targets::new().with_target("wsmon", tracing::Level::INFO);
         layers.push(
+            // Entering a span (every poll of a connection's task) does no OpenTelemetry work:
+            // no context activation (nothing inside reads the OpenTelemetry context; parents
+            // come from the tracing span tree) and no busy/idle timing. No code location or
+            // thread attributes either (memory on every open connection's span, no use to an
+            // operator).
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                .with_context_activation(false)
+                .with_tracked_inactivity(false)
+                .with_location(false)
+                .with_threads(false)
                 .with_filter(traced)
                 .boxed(),
         );
