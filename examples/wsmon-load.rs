@@ -34,6 +34,10 @@ struct Cli {
     /// Label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+    /// The server's pid (same machine): its CPU time over the run is reported
+    /// (`server_cpu_s`), and its RSS where a mode reads it.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -67,8 +71,6 @@ enum Mode {
         connections: usize,
         #[arg(long, default_value_t = 3)]
         hold_secs: u64,
-        #[arg(long)]
-        server_pid: Option<u32>,
     },
     /// Connect, chat once, disconnect; a share of the disconnects are abrupt (no close frame).
     /// RSS is read after `warmup` cycles and again after `cycles` more.
@@ -81,8 +83,6 @@ enum Mode {
         abrupt_share: f64,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
-        #[arg(long)]
-        server_pid: Option<u32>,
     },
     /// Hold N connections, then time `/ws-stats`, a page of 100 and `/metrics` (R requests
     /// each) alone and while a pair chats, and the pair's round trips with and without polling.
@@ -99,8 +99,6 @@ enum Mode {
     Departure {
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
-        #[arg(long)]
-        server_pid: Option<u32>,
     },
 }
 
@@ -112,6 +110,17 @@ fn cpu_seconds() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(usage.ru_utime) + t(usage.ru_stime)
+}
+
+/// User plus system CPU time of process `pid` (from /proc), in seconds.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -366,20 +375,24 @@ async fn churn(
     })
 }
 
-/// The server's RSS once it stops shrinking (freed memory is purged in the background): two
-/// readings a second apart within 1 %, or the last of 20 readings.
+/// The server's RSS once it stops moving: readings a second apart stay within 1 % for 6 s
+/// (longer than the 5 s upkeep that drains the Prometheus recorder's histogram buffers, and
+/// the 1 s after which jemalloc purges freed pages), or the last of 30 readings.
 async fn settled_rss_kib(pid: Option<u32>) -> Option<u64> {
     let pid = pid?;
-    let mut last = rss_kib(pid)?;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = rss_kib(pid)?;
-        if now.abs_diff(last) * 100 <= last {
-            return Some(now);
+    let mut window: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    for _ in 0..30 {
+        window.push_back(rss_kib(pid)?);
+        if window.len() > 7 {
+            window.pop_front();
         }
-        last = now;
+        let (lo, hi) = (window.iter().min()?, window.iter().max()?);
+        if window.len() == 7 && (hi - lo) * 100 <= *lo {
+            return window.back().copied();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Some(last)
+    window.back().copied()
 }
 
 /// Runs cycles `first..first + cycles` on `concurrency` tasks; returns how many completed.
@@ -470,33 +483,45 @@ fn latency_summary(mut ms: Vec<f64>) -> serde_json::Value {
             "max": ms.last().copied() })
 }
 
-/// A pair chatting: `round_trips` messages from one, each awaited by the other; RTTs in ms.
-async fn pair_chat(target: SocketAddr, round_trips: usize, tag: &str) -> Vec<f64> {
-    let mut a = connect(target, &format!("pair-a-{tag}"), 0).await.unwrap();
-    let mut b = connect(target, &format!("pair-b-{tag}"), 1).await.unwrap();
-    let mut rtts = Vec::with_capacity(round_trips);
-    let expected_prefix = format!("Client #pair-a-{tag} says: ");
-    for i in 0..round_trips {
-        let started = Instant::now();
-        a.send(Message::text(i.to_string())).await.unwrap();
-        while let Some(text) = next_text(&mut b).await {
-            if text.strip_prefix(expected_prefix.as_str()) == Some(&i.to_string()) {
+/// Two chat members: `a` sends, `b` receives.
+struct Pair {
+    a: Ws,
+    b: Ws,
+}
+
+impl Pair {
+    async fn connect(target: SocketAddr) -> Self {
+        let a = connect(target, "pair-a", 0).await.expect("pair connects");
+        let b = connect(target, "pair-b", 1).await.expect("pair connects");
+        Self { a, b }
+    }
+
+    /// `round_trips` messages from `a`, each awaited by `b`; round trips in ms. The same pair
+    /// is measured in every phase: its place in the fan-out order stays the same.
+    async fn chat(&mut self, round_trips: usize, tag: &str) -> Vec<f64> {
+        let mut rtts = Vec::with_capacity(round_trips);
+        for i in 0..round_trips {
+            let text = format!("{tag}{i}");
+            let expected = format!("Client #pair-a says: {text}");
+            let started = Instant::now();
+            if self.a.send(Message::text(text)).await.is_err() {
                 break;
             }
-        }
-        rtts.push(started.elapsed().as_secs_f64() * 1e3);
-        // a's own reply and broadcast copy, read so its queue never fills.
-        let mut seen = 0;
-        while seen < 2 {
-            match next_text(&mut a).await {
-                Some(_) => seen += 1,
-                None => break,
+            while let Some(got) = next_text(&mut self.b).await {
+                if got == expected {
+                    break;
+                }
+            }
+            rtts.push(started.elapsed().as_secs_f64() * 1e3);
+            // a's own reply and broadcast copy, read so its queue never fills.
+            for _ in 0..2 {
+                if next_text(&mut self.a).await.is_none() {
+                    break;
+                }
             }
         }
+        rtts
     }
-    let _ = a.close(None).await;
-    let _ = b.close(None).await;
-    rtts
 }
 
 async fn scale(
@@ -508,7 +533,8 @@ async fn scale(
 ) -> serde_json::Value {
     let held = hold(target, connections, deadline).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let quiet = pair_chat(target, round_trips, "quiet").await;
+    let mut pair = Pair::connect(target).await;
+    let quiet = pair.chat(round_trips, "quiet").await;
     let paths = ["/ws-stats", "/api/v1/connections?limit=100", "/metrics"];
     let poll = || async {
         let mut out = Vec::new();
@@ -525,7 +551,7 @@ async fn scale(
     };
     // The stats alone, then again while the pair chats (every message fans out to all N).
     let alone = poll().await;
-    let (during, busy) = tokio::join!(poll(), pair_chat(target, round_trips, "busy"));
+    let (during, busy) = tokio::join!(poll(), pair.chat(round_trips, "busy"));
     let n = held.len();
     drop(held);
     let by_path = |v: &[serde_json::Value]| json!({ "ws_stats_ms": v[0], "page_of_100_ms": v[1], "metrics_ms": v[2] });
@@ -597,6 +623,7 @@ async fn main() {
     }
     let deadline = Instant::now() + Duration::from_secs(cli.max_secs);
     let cpu = cpu_seconds();
+    let server_cpu = cli.server_pid.and_then(process_cpu_seconds);
     let mut out = match cli.mode {
         Mode::Echo {
             clients,
@@ -618,21 +645,19 @@ async fn main() {
         Mode::Idle {
             connections,
             hold_secs,
-            server_pid,
-        } => idle(cli.target, connections, hold_secs, server_pid, deadline).await,
+        } => idle(cli.target, connections, hold_secs, cli.server_pid, deadline).await,
         Mode::Churn {
             warmup,
             cycles,
             abrupt_share,
             concurrency,
-            server_pid,
         } => {
             churn(
                 cli.target,
                 (warmup, cycles),
                 abrupt_share,
                 concurrency,
-                server_pid,
+                cli.server_pid,
                 deadline,
             )
             .await
@@ -642,12 +667,14 @@ async fn main() {
             requests,
             round_trips,
         } => scale(cli.target, connections, requests, round_trips, deadline).await,
-        Mode::Departure {
-            connections,
-            server_pid,
-        } => departure(cli.target, connections, server_pid, deadline).await,
+        Mode::Departure { connections } => {
+            departure(cli.target, connections, cli.server_pid, deadline).await
+        }
     };
     out["label"] = json!(cli.label);
     out["client_cpu_s"] = json!(cpu_seconds() - cpu);
+    if let (Some(pid), Some(before)) = (cli.server_pid, server_cpu) {
+        out["server_cpu_s"] = json!(process_cpu_seconds(pid).map(|now| now - before));
+    }
     println!("{out}");
 }

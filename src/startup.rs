@@ -105,7 +105,7 @@ impl Application {
         let cluster = settings.cluster.enabled().then(|| {
             Cluster::start(
                 &settings.cluster,
-                cluster::Membership {
+                cluster::LocalNode {
                     address: node.address.clone(),
                     hub,
                     registry: registry.clone(),

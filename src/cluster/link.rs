@@ -59,7 +59,7 @@ impl Forward for Outbox {
         });
         let item = Outgoing::Chat {
             text: text.clone(),
-            sent_at: telemetry_now_ns(),
+            sent_at: unix_now_ns(),
             span,
             traceparent,
         };
@@ -102,7 +102,7 @@ fn publish_span(parent: &tracing::Span, node: &str) -> tracing::Span {
 }
 
 /// Now as unix nanoseconds.
-pub(super) fn telemetry_now_ns() -> u64 {
+pub(super) fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -166,9 +166,7 @@ pub(super) async fn publish_loop(
                 _ = ping.tick() => {
                     let pong = redis::cmd("PING").query_async::<String>(&mut conn).await;
                     if let Err(e) = pong {
-                        shared.metrics.backplane_error(BackplaneOp::Publish);
-                        shared.log.failed(&e);
-                        shared.set_publishing(false);
+                        link_down(&shared, &mut rx, &e);
                         if !backoff(&mut attempt, &stop).await {
                             return;
                         }
@@ -198,17 +196,7 @@ pub(super) async fn publish_loop(
                 return;
             }
             if let Err(e) = publish_batch(&shared, &mut conn, &mut batch, &mut seq).await {
-                shared.metrics.backplane_error(BackplaneOp::Publish);
-                shared.log.failed(&e);
-                shared.set_publishing(false);
-                // Whatever queued while the connection died is dropped now, not delivered late.
-                let mut stale = 0;
-                while let Ok(item) = rx.try_recv() {
-                    stale += u64::from(matches!(item, Outgoing::Chat { .. }));
-                }
-                shared
-                    .metrics
-                    .backplane_drop(BackplaneDrop::PublishFailed, stale);
+                link_down(&shared, &mut rx, &e);
                 if !backoff(&mut attempt, &stop).await {
                     return;
                 }
@@ -216,6 +204,21 @@ pub(super) async fn publish_loop(
             }
         }
     }
+}
+
+/// The publishing link failed: stop taking messages, and drop what waits in the queue now
+/// (counted as `publish_failed`) rather than deliver it late after a reconnect.
+fn link_down(shared: &Shared, rx: &mut mpsc::Receiver<Outgoing>, error: &redis::RedisError) {
+    shared.metrics.backplane_error(BackplaneOp::Publish);
+    shared.log.failed(error);
+    shared.set_publishing(false);
+    let mut stale = 0;
+    while let Ok(item) = rx.try_recv() {
+        stale += u64::from(matches!(item, Outgoing::Chat { .. }));
+    }
+    shared
+        .metrics
+        .backplane_drop(BackplaneDrop::PublishFailed, stale);
 }
 
 /// Sends `batch` as one pipeline; on failure its chat messages are counted as `publish_failed`.
@@ -385,7 +388,7 @@ fn receive(shared: &Arc<Shared>, outbox: &Arc<Outbox>, payload: &[u8]) {
             }
             let metrics = &shared.metrics;
             metrics.backplane_received.increment(1);
-            let latency = telemetry_now_ns().saturating_sub(sent_at);
+            let latency = unix_now_ns().saturating_sub(sent_at);
             metrics.backplane_latency.record(latency as f64 / 1e9);
             let span = traceparent
                 .as_deref()

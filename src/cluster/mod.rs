@@ -128,7 +128,7 @@ pub struct Cluster {
 }
 
 /// What this node needs to join a cluster.
-pub struct Membership {
+pub struct LocalNode {
     /// `http://host:port` shown for this node.
     pub address: String,
     pub hub: Hub,
@@ -143,7 +143,7 @@ pub struct Membership {
 impl Cluster {
     /// Starts the publisher, subscriber and presence tasks (they connect, and reconnect, by
     /// themselves) and attaches the backplane to the hub. Settings must be validated.
-    pub fn start(settings: &ClusterSettings, member: Membership) -> Self {
+    pub fn start(settings: &ClusterSettings, member: LocalNode) -> Self {
         let client = redis::Client::open(settings.redis_url.as_str())
             .expect("cluster.redis_url is validated at load");
         let started = crate::monitor::entry::now_us();

@@ -41,7 +41,7 @@ pub struct NodeView {
 }
 
 pub(super) fn now_ms() -> u64 {
-    super::link::telemetry_now_ns() / 1_000_000
+    super::link::unix_now_ns() / 1_000_000
 }
 
 /// Refreshes this node's presence and the view every heartbeat until `stop`; then deletes
