@@ -2,6 +2,7 @@
 //! the message rate limit, liveness (ping/pong) and the idle warning and close.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -91,7 +92,7 @@ pub struct Liveness {
     origin: Instant,
     last_pong_us: AtomicU64,
     /// Wakes the writer to send a ping.
-    pub ping: Notify,
+    pub ping: Arc<Notify>,
 }
 
 impl Liveness {
@@ -99,7 +100,7 @@ impl Liveness {
         Self {
             origin: Instant::now(),
             last_pong_us: AtomicU64::new(0),
-            ping: Notify::new(),
+            ping: Arc::new(Notify::new()),
         }
     }
 
