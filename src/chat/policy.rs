@@ -2,7 +2,6 @@
 //! the message rate limit, liveness (ping/pong) and the idle warning and close.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -92,7 +91,7 @@ pub struct Liveness {
     origin: Instant,
     last_pong_us: AtomicU64,
     /// Wakes the writer to send a ping.
-    pub ping: Arc<Notify>,
+    pub ping: Notify,
 }
 
 impl Liveness {
@@ -100,7 +99,7 @@ impl Liveness {
         Self {
             origin: Instant::now(),
             last_pong_us: AtomicU64::new(0),
-            ping: Arc::new(Notify::new()),
+            ping: Notify::new(),
         }
     }
 

@@ -8,11 +8,8 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::sync::Arc;
-
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::hub::{Envelope, Membership};
 use super::policy::{watch_idle, Liveness, MessageSampler, RateLimit, RateLimiter, Verdict};
@@ -44,7 +41,6 @@ pub struct SessionLimits {
 const WRITE_BATCH: usize = 64;
 
 /// How the session loop ended.
-#[derive(Clone, Copy)]
 enum End {
     /// The client sent a close frame (with this code, if any).
     ClientClosed(Option<u16>),
@@ -59,37 +55,28 @@ enum End {
 /// Runs the chat for one connection until it ends, then releases it via `guard`'s drop
 /// (after `membership`'s drop has told the others it left).
 pub async fn run<S, R>(
-    (sink, mut stream): (S, R),
+    (mut sink, mut stream): (S, R),
     mut guard: ConnectionGuard,
     membership: Membership,
-    outbound: Receiver,
+    mut outbound: Receiver,
     shutdown: CancellationToken,
     limits: SessionLimits,
 ) where
-    S: Sink<Message, Error = axum::Error> + Unpin + Send + 'static,
+    S: Sink<Message, Error = axum::Error> + Unpin,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let entry = guard.entry().clone();
     let liveness = Liveness::new();
-    // The writer runs as a task of its own: a fan-out wakes only it, not the reader, timers
-    // and close signals below. It hands the sink back when it ends or is stopped.
-    let (stop_writer, stopped) = oneshot::channel();
-    let writer = tokio::spawn(
-        writer(
-            sink,
-            outbound,
-            entry.clone(),
-            liveness.ping.clone(),
-            limits.send_timeout,
-            stopped,
-        )
-        .in_current_span(),
-    );
-    tokio::pin!(writer);
-    let mut written = None;
     let end = {
         let read = read_loop(&mut stream, &entry, &membership, &liveness, &limits);
         tokio::pin!(read);
+        let write = write_loop(
+            &mut sink,
+            &mut outbound,
+            &entry,
+            &liveness.ping,
+            limits.send_timeout,
+        );
         let idle = watch_idle(
             &entry,
             &membership,
@@ -98,14 +85,7 @@ pub async fn run<S, R>(
         );
         let end = tokio::select! {
             end = &mut read => end,
-            done = &mut writer => {
-                let end = match &done {
-                    Ok((end, _)) => end.unwrap_or(End::Server(CloseReason::InternalError)),
-                    Err(_) => End::Server(CloseReason::InternalError),
-                };
-                written = Some(done);
-                end
-            }
+            end = write => end,
             reason = entry.close_requested() => End::Server(reason),
             reason = liveness.watch(limits.ping_interval, limits.ping_timeout) => End::Server(reason),
             reason = idle => End::Server(reason),
@@ -121,22 +101,8 @@ pub async fn run<S, R>(
             other => other,
         }
     };
-    let done = match written {
-        Some(done) => done,
-        None => {
-            let _ = stop_writer.send(());
-            writer.await
-        }
-    };
-    let outcome = match done {
-        Ok((_, mut sink)) => finish(end, &mut sink, &limits).await,
-        // The writer panicked: the sink went with it, no close frame can be sent.
-        Err(_) => Outcome {
-            reason: CloseReason::InternalError,
-            code_sent: None,
-            code_received: None,
-        },
-    };
+    drop(outbound);
+    let outcome = finish(end, &mut sink, &limits).await;
     guard.set_outcome(outcome);
     // The leave notice goes out inside the disconnect's cleanup span.
     guard.attach(membership);
@@ -249,27 +215,6 @@ where
             Message::Ping(_) => {}
         }
     }
-}
-
-/// The connection's writer: `write_loop` until it ends or `stop` fires; the sink comes back for
-/// the closing handshake (and the queue is dropped, so nothing more is accepted for it).
-async fn writer<S>(
-    mut sink: S,
-    mut outbound: Receiver,
-    entry: Arc<ConnectionEntry>,
-    ping: Arc<Notify>,
-    send_timeout: Duration,
-    stop: oneshot::Receiver<()>,
-) -> (Option<End>, S)
-where
-    S: Sink<Message, Error = axum::Error> + Unpin,
-{
-    let end = tokio::select! {
-        end = write_loop(&mut sink, &mut outbound, &entry, &ping, send_timeout) => Some(end),
-        _ = stop => None,
-    };
-    drop(outbound);
-    (end, sink)
 }
 
 async fn write_loop<S>(

@@ -63,11 +63,10 @@ impl ConnectionGuard {
             network.protocol.name = "websocket",
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
-            // Reason and initiator at the end, for searching connections by how they ended;
-            // the codes are on the close span only (every declared field costs memory on each
-            // open connection's span when traces are exported).
             close.reason = tracing::field::Empty,
             close.initiator = tracing::field::Empty,
+            close.code_sent = tracing::field::Empty,
+            close.code_received = tracing::field::Empty,
         );
         if let Some(parent) = parent {
             telemetry::spans::set_parent(&span, parent);
@@ -181,6 +180,12 @@ impl Drop for ConnectionGuard {
             ("otel.status_code", status),
         ] {
             self.span.record(field, value);
+        }
+        if let Some(code) = outcome.code_sent {
+            self.span.record("close.code_sent", i64::from(code));
+        }
+        if let Some(code) = outcome.code_received {
+            self.span.record("close.code_received", i64::from(code));
         }
         let _in_close = close.enter();
         tracing::info_span!(target: "wsmon", "websocket.cleanup", otel.name = spans::CLEANUP)
