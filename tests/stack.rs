@@ -227,7 +227,7 @@ async fn an_individual_disconnect_is_found_in_jaeger_by_client_id() {
     );
     let mut alice = connect(&server, &alice_id).await;
     let mut bob = connect(&server, &bob_id).await;
-    let carol = connect(&server, &carol_id).await;
+    let mut carol = connect(&server, &carol_id).await;
     chat(&mut alice, "one").await;
     chat(&mut alice, "two").await;
     chat(&mut bob, "three").await;
@@ -261,6 +261,19 @@ async fn an_individual_disconnect_is_found_in_jaeger_by_client_id() {
         .await
         .unwrap();
     assert_eq!(kicked.status(), 202);
+    // The kick is asynchronous: read until the close frame arrives, so carol's side does not
+    // hang up before the server has sent 4003 (that would leave no code to record).
+    let code = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), carol.next())
+            .await
+            .expect("carol's close frame")
+            .expect("carol's stream open")
+            .expect("carol's frame");
+        if let Message::Close(frame) = msg {
+            break frame.map(|f| u16::from(f.code));
+        }
+    };
+    assert_eq!(code, Some(4003));
     drop(carol);
 
     let expectations = [
