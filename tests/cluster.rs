@@ -141,6 +141,17 @@ impl Node {
     }
 }
 
+/// `node-a` and `node-b` on `redis`, both seeing both.
+async fn two_nodes(redis: &Redis) -> (Node, Node) {
+    let (a, b) = (
+        Node::start(&redis.url(), "node-a"),
+        Node::start(&redis.url(), "node-b"),
+    );
+    a.wait_ready(2).await;
+    b.wait_ready(2).await;
+    (a, b)
+}
+
 fn node_ids(view: &Value) -> Vec<String> {
     view["nodes"]
         .as_array()
@@ -153,12 +164,7 @@ fn node_ids(view: &Value) -> Vec<String> {
 #[tokio::test]
 async fn chat_crosses_nodes_with_exact_texts_in_order_and_the_view_lists_both() {
     let redis = Redis::start();
-    let (a, b) = (
-        Node::start(&redis.url(), "node-a"),
-        Node::start(&redis.url(), "node-b"),
-    );
-    a.wait_ready(2).await;
-    b.wait_ready(2).await;
+    let (a, b) = two_nodes(&redis).await;
     let mut alice = a.connect("alice").await;
     let mut bob = b.connect("bob").await;
 
@@ -228,12 +234,7 @@ async fn chat_crosses_nodes_with_exact_texts_in_order_and_the_view_lists_both() 
 #[tokio::test]
 async fn a_connection_on_another_node_is_listed_shown_and_kicked_through_this_one() {
     let redis = Redis::start();
-    let (a, b) = (
-        Node::start(&redis.url(), "node-a"),
-        Node::start(&redis.url(), "node-b"),
-    );
-    a.wait_ready(2).await;
-    b.wait_ready(2).await;
+    let (a, b) = two_nodes(&redis).await;
     let mut carol = b.connect("carol").await;
     let mut dave = a.connect("dave").await;
 
@@ -310,12 +311,7 @@ async fn a_connection_on_another_node_is_listed_shown_and_kicked_through_this_on
 #[tokio::test]
 async fn when_redis_restarts_local_chat_never_stops_and_cross_node_chat_resumes() {
     let mut redis = Redis::start();
-    let (a, b) = (
-        Node::start(&redis.url(), "node-a"),
-        Node::start(&redis.url(), "node-b"),
-    );
-    a.wait_ready(2).await;
-    b.wait_ready(2).await;
+    let (a, b) = two_nodes(&redis).await;
     let mut a1 = a.connect("a1").await;
     let mut a2 = a.connect("a2").await;
     let mut b1 = b.connect("b1").await;

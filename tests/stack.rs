@@ -177,15 +177,15 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     }
 }
 
-/// The `websocket.close` span of `client`, from Jaeger's HTTP API.
-async fn close_span(client: &str) -> Option<(Value, Value)> {
+/// The newest trace holding an `operation` span with `tags`, from Jaeger's HTTP API.
+async fn jaeger_trace(operation: &str, tags: Value) -> Option<Value> {
     let url = format!("http://{}/api/traces", env("STACK_JAEGER_QUERY"));
-    let tags = serde_json::json!({ "client.id": client }).to_string();
+    let tags = tags.to_string();
     let body: Value = reqwest::Client::new()
         .get(url)
         .query(&[
             ("service", "wsmon"),
-            ("operation", "websocket.close"),
+            ("operation", operation),
             ("tags", &tags),
             ("lookback", "1h"),
             ("limit", "5"),
@@ -196,7 +196,16 @@ async fn close_span(client: &str) -> Option<(Value, Value)> {
         .json()
         .await
         .ok()?;
-    let trace = body["data"].as_array()?.first()?.clone();
+    body["data"].as_array()?.first().cloned()
+}
+
+/// The `websocket.close` span of `client`, and its trace.
+async fn close_span(client: &str) -> Option<(Value, Value)> {
+    let trace = jaeger_trace(
+        "websocket.close",
+        serde_json::json!({ "client.id": client }),
+    )
+    .await?;
     let span = trace["spans"]
         .as_array()?
         .iter()
@@ -679,24 +688,8 @@ async fn wait_cluster(servers: &[&process::Server]) {
 
 /// The trace holding a `backplane.deliver` span from node `origin`, from Jaeger's HTTP API.
 async fn delivered_trace(origin: &str) -> Option<Value> {
-    let url = format!("http://{}/api/traces", env("STACK_JAEGER_QUERY"));
-    let tags = serde_json::json!({ "wsmon.node.origin": origin }).to_string();
-    let body: Value = reqwest::Client::new()
-        .get(url)
-        .query(&[
-            ("service", "wsmon"),
-            ("operation", "backplane.deliver"),
-            ("tags", &tags),
-            ("lookback", "1h"),
-            ("limit", "5"),
-        ])
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let trace = body["data"].as_array()?.first()?.clone();
+    let tags = serde_json::json!({ "wsmon.node.origin": origin });
+    let trace = jaeger_trace("backplane.deliver", tags).await?;
     // Both nodes' batches must have arrived.
     let spans = trace["spans"].as_array()?;
     let has = |op: &str| spans.iter().any(|s| s["operationName"] == op);
