@@ -12,6 +12,7 @@
 //!   wsmon-load departure --connections N [--server-pid P]
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +20,8 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 #[derive(Parser)]
@@ -53,8 +55,8 @@ enum Mode {
         #[arg(long, default_value_t = 32)]
         size: usize,
     },
-    /// R receivers; one sender sends M timestamped messages, each after the previous one reached
-    /// a probe client beside the receivers (closed loop).
+    /// R receivers; one sender sends M timestamped messages, each once every receiver has the
+    /// previous one (closed loop).
     Broadcast {
         #[arg(long, default_value_t = 1_000)]
         receivers: usize,
@@ -168,16 +170,19 @@ async fn connect(target: SocketAddr, client: &str, n: usize) -> std::io::Result<
     let tcp = socket.connect(target).await?;
     tcp.set_nodelay(true)?;
     let url = format!("ws://{target}/ws/{client}");
-    let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+    // tungstenite zero-fills its read buffer before every read: the default 128 KiB made that
+    // memset most of the client's CPU time.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
         .await
         .map_err(std::io::Error::other)?;
     Ok(ws)
 }
 
-async fn next_text(ws: &mut Ws) -> Option<String> {
+async fn next_text(ws: &mut Ws) -> Option<Utf8Bytes> {
     loop {
         match ws.next().await? {
-            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Text(t)) => return Some(t),
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => {}
         }
@@ -244,26 +249,43 @@ async fn broadcast(
     // Receivers leave together once all are done: an early leaver's notice must not fill the
     // queues of receivers still reading (that is the mass-departure workload, not this one).
     let done = Arc::new(tokio::sync::Barrier::new(receivers));
+    // Deliveries so far; the receiver completing a message wakes the sender.
+    let received = Arc::new(AtomicUsize::new(0));
+    let complete = Arc::new(tokio::sync::Notify::new());
+    let stop = tokio_util::sync::CancellationToken::new();
     for i in 0..receivers {
         let ready = ready_tx.clone();
         let done = done.clone();
+        let (received, complete, stop) = (received.clone(), complete.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut ws = connect(target, &format!("recv{i}"), i).await.unwrap();
             let _ = ready.send(()).await;
             let mut latencies = Vec::with_capacity(messages);
             let mut last = None;
-            while latencies.len() < messages && Instant::now() < deadline {
-                let Ok(Some(text)) =
-                    tokio::time::timeout(Duration::from_secs(10), next_text(&mut ws)).await
-                else {
-                    break;
-                };
-                if let Some(ts) = text.strip_prefix("Client #sender says: ") {
-                    let sent: u128 = ts.parse().unwrap_or(0);
-                    latencies.push((now_ns().saturating_sub(sent)) as f64 / 1e6);
-                    last = Some(Instant::now());
+            // One timer for the whole run, not one per message: the client's CPU goes to
+            // reading, and a lost message ends the run through `stop`.
+            let read = async {
+                while latencies.len() < messages {
+                    let Some(text) = next_text(&mut ws).await else {
+                        break;
+                    };
+                    if let Some(ts) = text.strip_prefix("Client #sender says: ") {
+                        let sent: u128 = ts.parse().unwrap_or(0);
+                        latencies.push((now_ns().saturating_sub(sent)) as f64 / 1e6);
+                        last = Some(Instant::now());
+                        if (received.fetch_add(1, Ordering::Relaxed) + 1) % receivers == 0 {
+                            complete.notify_one();
+                        }
+                    }
                 }
-            }
+            };
+            let _ = tokio::time::timeout_at(deadline.into(), async {
+                tokio::select! {
+                    () = read => {}
+                    () = stop.cancelled() => {}
+                }
+            })
+            .await;
             let _ = tokio::time::timeout_at(deadline.into(), done.wait()).await;
             let _ = ws.close(None).await;
             (latencies, last)
@@ -274,12 +296,11 @@ async fn broadcast(
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // every receiver is a member
     let mut sender = connect(sender_target, "sender", receivers).await.unwrap();
-    // The loop is closed on the receivers' side: after its own reply, the sender waits until a
-    // probe connected where the receivers are has the message (the same node, or the other one).
-    let mut probe = connect(target, "probe", receivers + 1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await; // the probe is a member everywhere
+    tokio::time::sleep(Duration::from_millis(200)).await; // the sender is a member everywhere
     let started = Instant::now();
-    for _ in 0..messages {
+    // Closed on every receiver: the next message is sent once all have the previous one, so
+    // each message's fan-out is measured whole, whatever order the server writes in.
+    'send: for sent in 1..=messages {
         if Instant::now() > deadline {
             break;
         }
@@ -290,16 +311,17 @@ async fn broadcast(
                 break;
             }
         }
-        let expected = format!("Client #sender says: {ts}");
-        while let Ok(Some(text)) =
-            tokio::time::timeout(Duration::from_secs(10), next_text(&mut probe)).await
-        {
-            if text == expected {
-                break;
+        while received.load(Ordering::Relaxed) < sent * receivers {
+            // A receiver that lost the message (or the server) ends the run.
+            if tokio::time::timeout(Duration::from_secs(10), complete.notified())
+                .await
+                .is_err()
+            {
+                break 'send;
             }
         }
     }
-    let _ = probe.close(None).await;
+    stop.cancel();
     let mut all = Vec::new();
     let mut last_delivery = started;
     for t in tasks {
