@@ -1,6 +1,7 @@
 //! Shutdown signals. `axum::serve`'s graceful shutdown does not cover upgraded WebSockets
-//! (axum issue #3003), so sessions watch a `CancellationToken` themselves and the
-//! application waits for them on a `TaskTracker`, bounded by `shutdown.grace_ms`.
+//! (axum issue #3003), so the application asks every registered connection to close
+//! (`Registry::close_all`) and waits for the sessions on a `TaskTracker`, bounded by
+//! `shutdown.grace_ms`.
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn signal() {

@@ -27,7 +27,7 @@ use crate::http::origin::OriginPolicy;
 use crate::http::ws::{self, ChatState};
 use crate::http::{monitoring_router, stats, Monitoring, MonitoringSettings, Node};
 use crate::monitor::limits::ConnectionLimiter;
-use crate::monitor::{sampler, Registry, RegistryOptions};
+use crate::monitor::{sampler, CloseReason, Registry, RegistryOptions};
 use crate::telemetry::metrics::MetricsHandle;
 
 /// A bound, ready-to-run server.
@@ -39,7 +39,6 @@ pub struct Application {
     prometheus: PrometheusHandle,
     sample_every: Duration,
     shutdown: CancellationToken,
-    close_sessions: CancellationToken,
     sessions: TaskTracker,
     drain_delay: Duration,
     grace: Duration,
@@ -71,7 +70,6 @@ impl Application {
             metrics: metrics.metrics.clone(),
         });
         let shutdown = CancellationToken::new();
-        let close_sessions = CancellationToken::new();
         let sessions = TaskTracker::new();
         let trusted_proxies = parse_proxies(&settings.server.trusted_proxies)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -82,7 +80,6 @@ impl Application {
             websocket: Arc::new(settings.websocket.clone()),
             trusted_proxies: Arc::new(trusted_proxies),
             shutdown: shutdown.clone(),
-            close_sessions: close_sessions.clone(),
             sessions: sessions.clone(),
             session: session_limits(&settings),
             limiter: ConnectionLimiter::new(
@@ -131,7 +128,6 @@ impl Application {
             prometheus: metrics.prometheus,
             sample_every: Duration::from_millis(settings.monitor.sample_interval_ms),
             shutdown,
-            close_sessions,
             sessions,
             drain_delay: Duration::from_millis(settings.shutdown.drain_delay_ms),
             grace: settings.shutdown.grace(),
@@ -177,7 +173,6 @@ impl Application {
             prometheus,
             sample_every,
             shutdown,
-            close_sessions,
             sessions,
             drain_delay,
             grace,
@@ -215,7 +210,7 @@ impl Application {
             "not ready: refusing new connections"
         );
         tokio::time::sleep(drain_delay).await;
-        close_sessions.cancel();
+        registry.close_all(CloseReason::ServerShutdown);
         sessions.close();
         let active = registry.active();
         tracing::info!(

@@ -189,6 +189,11 @@ impl Membership {
         queued
     }
 
+    /// Asks this member's writer to send a ping.
+    pub fn request_ping(&self) {
+        self.tx.request_ping();
+    }
+
     /// The hub this membership belongs to.
     pub fn hub(&self) -> &Hub {
         &self.hub

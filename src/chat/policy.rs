@@ -4,8 +4,6 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-
 use super::hub::Membership;
 use super::protocol;
 use crate::config::MessageSpans;
@@ -90,8 +88,6 @@ fn micros_since(origin: Instant) -> u64 {
 pub struct Liveness {
     origin: Instant,
     last_pong_us: AtomicU64,
-    /// Wakes the writer to send a ping.
-    pub ping: Notify,
 }
 
 impl Liveness {
@@ -99,26 +95,12 @@ impl Liveness {
         Self {
             origin: Instant::now(),
             last_pong_us: AtomicU64::new(0),
-            ping: Notify::new(),
         }
     }
 
     /// Called by the reader for every pong.
     pub fn pong(&self) {
         self.last_pong_us.store(micros_since(self.origin), Relaxed);
-    }
-
-    /// Pings every `interval`; completes when a pong did not follow within `timeout`.
-    pub async fn watch(&self, interval: Duration, timeout: Duration) -> CloseReason {
-        loop {
-            tokio::time::sleep(interval).await;
-            let sent = micros_since(self.origin);
-            self.ping.notify_one();
-            tokio::time::sleep(timeout).await;
-            if self.last_pong_us.load(Relaxed) < sent {
-                return CloseReason::PingTimeout;
-            }
-        }
     }
 }
 
@@ -128,32 +110,72 @@ impl Default for Liveness {
     }
 }
 
-/// Warns once when the connection has been idle for `warn_after`, closes it after
-/// `close_after` of idleness; a chat message in between resets both.
-pub async fn watch_idle(
+/// When a connection pings and when it counts as idle.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub ping_interval: Duration,
+    /// A pong must follow a ping within this long.
+    pub ping_timeout: Duration,
+    /// Idle warning after this long without a chat message...
+    pub idle_warn_after: Duration,
+    /// ...and the `idle_timeout` close after this long.
+    pub idle_close_after: Duration,
+}
+
+/// The connection's timers in one: asks for a ping (through `membership`) every
+/// `ping_interval` and completes as `ping_timeout` when no pong followed within
+/// `ping_timeout`; warns once after `idle_warn_after` without a chat message and completes as
+/// `idle_timeout` after `idle_close_after` (a chat message in between resets both). One sleep
+/// is registered per connection, re-armed for the earliest of these deadlines.
+pub async fn watch(
     entry: &ConnectionEntry,
     membership: &Membership,
-    warn_after: Duration,
-    close_after: Duration,
+    liveness: &Liveness,
+    clock: Clock,
 ) -> CloseReason {
+    let started = Instant::now();
+    let mut ping_at = started + clock.ping_interval;
+    // After a ping: when it was sent (µs since the liveness origin) and when its pong is due.
+    let mut awaiting: Option<(u64, Instant)> = None;
     let mut warned = false;
+    let sleep = tokio::time::sleep_until(ping_at.into());
+    tokio::pin!(sleep);
     loop {
+        let now = Instant::now();
+        match awaiting {
+            Some((sent, due)) if now >= due => {
+                if liveness.last_pong_us.load(Relaxed) < sent {
+                    return CloseReason::PingTimeout;
+                }
+                awaiting = None;
+                ping_at = now + clock.ping_interval;
+            }
+            None if now >= ping_at => {
+                awaiting = Some((micros_since(liveness.origin), now + clock.ping_timeout));
+                membership.request_ping();
+            }
+            _ => {}
+        }
         let idle = entry.idle_for();
-        if idle >= close_after {
+        if idle >= clock.idle_close_after {
             return CloseReason::IdleTimeout;
         }
-        if idle >= warn_after {
+        let idle_due = if idle >= clock.idle_warn_after {
             if !warned {
                 warned = true;
                 tracing::info!(target: "wsmon", idle_s = idle.as_secs_f64(), "connection idle: warned");
-                membership
-                    .send_own(protocol::idle_warning(close_after.saturating_sub(idle)).into());
+                membership.send_own(
+                    protocol::idle_warning(clock.idle_close_after.saturating_sub(idle)).into(),
+                );
             }
-            tokio::time::sleep(close_after - idle).await;
+            now + (clock.idle_close_after - idle)
         } else {
             warned = false;
-            tokio::time::sleep(warn_after - idle).await;
-        }
+            now + (clock.idle_warn_after - idle)
+        };
+        let liveness_due = awaiting.map_or(ping_at, |(_, due)| due);
+        sleep.as_mut().reset(idle_due.min(liveness_due).into());
+        (&mut sleep).await;
     }
 }
 

@@ -2,13 +2,17 @@
 //! it is empty (an idle connection costs its queue about a hundred bytes; tokio's mpsc channel
 //! allocates a block of 32 slots up front, 1 KiB or more per connection). Senders never wait:
 //! [`Sender::try_send`] fails at once when the queue is full or its receiver is gone.
+//!
+//! The one consumer is woken through an atomic waker (no lock per wake). A ping request rides
+//! the same wake-up ([`Sender::request_ping`]), so the connection's writer waits on one thing.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 /// Capacity kept by a drained queue; anything beyond is given back.
 const KEEP: usize = 16;
@@ -16,7 +20,9 @@ const KEEP: usize = 16;
 struct Shared {
     items: Mutex<VecDeque<Utf8Bytes>>,
     capacity: usize,
-    notify: Notify,
+    waker: AtomicWaker,
+    /// A ping is due (see [`Sender::request_ping`]).
+    ping: AtomicBool,
     senders: AtomicUsize,
     receiver_gone: AtomicBool,
 }
@@ -41,7 +47,8 @@ pub fn channel(capacity: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         items: Mutex::new(VecDeque::new()),
         capacity,
-        notify: Notify::new(),
+        waker: AtomicWaker::new(),
+        ping: AtomicBool::new(false),
         senders: AtomicUsize::new(1),
         receiver_gone: AtomicBool::new(false),
     });
@@ -61,7 +68,7 @@ impl Clone for Sender {
 impl Drop for Sender {
     fn drop(&mut self) {
         if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.notify.notify_one();
+            self.0.waker.wake();
         }
     }
 }
@@ -78,8 +85,15 @@ impl Sender {
         }
         items.push_back(item);
         drop(items);
-        self.0.notify.notify_one();
+        self.0.waker.wake();
         Ok(())
+    }
+
+    /// Asks the receiver to send a ping: [`Receiver::recv_many`] returns [`Recv::Ping`] before
+    /// any further message.
+    pub fn request_ping(&self) {
+        self.0.ping.store(true, Ordering::Release);
+        self.0.waker.wake();
     }
 
     /// A handle that reads the depth without keeping the queue open.
@@ -98,31 +112,49 @@ impl WeakSender {
     }
 }
 
+/// What [`Receiver::recv_many`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recv {
+    /// This many messages were moved into the buffer.
+    Items(usize),
+    /// A ping was requested.
+    Ping,
+    /// Every sender is gone and nothing is left.
+    Closed,
+}
+
 /// The one consumer.
 pub struct Receiver(Arc<Shared>);
 
 impl Receiver {
-    /// Waits for messages and moves up to `limit` of them into `buffer`; 0 once every sender is
-    /// gone and nothing is left. Cancel-safe: nothing is taken unless it is returned.
-    pub async fn recv_many(&mut self, buffer: &mut Vec<Utf8Bytes>, limit: usize) -> usize {
-        loop {
-            {
-                let mut items = self.0.items();
-                if !items.is_empty() {
-                    let n = limit.min(items.len());
-                    buffer.extend(items.drain(..n));
-                    if items.is_empty() && items.capacity() > KEEP {
-                        items.shrink_to(KEEP);
-                    }
-                    return n;
-                }
-                if self.0.senders.load(Ordering::Acquire) == 0 {
-                    return 0;
-                }
+    /// Waits for a ping request or messages, and moves up to `limit` messages into `buffer`.
+    /// Cancel-safe: nothing is taken unless it is returned.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Utf8Bytes>, limit: usize) -> Recv {
+        std::future::poll_fn(|cx| {
+            if let Some(got) = self.take(buffer, limit) {
+                return Poll::Ready(got);
             }
-            // A notification sent since the check above is kept as a permit: nothing is missed.
-            self.0.notify.notified().await;
+            self.0.waker.register(cx.waker());
+            // What was queued before the registration is seen here: nothing is missed.
+            self.take(buffer, limit).map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+
+    fn take(&self, buffer: &mut Vec<Utf8Bytes>, limit: usize) -> Option<Recv> {
+        if self.0.ping.swap(false, Ordering::Acquire) {
+            return Some(Recv::Ping);
         }
+        let mut items = self.0.items();
+        if !items.is_empty() {
+            let n = limit.min(items.len());
+            buffer.extend(items.drain(..n));
+            if items.is_empty() && items.capacity() > KEEP {
+                items.shrink_to(KEEP);
+            }
+            return Some(Recv::Items(n));
+        }
+        (self.0.senders.load(Ordering::Acquire) == 0).then_some(Recv::Closed)
     }
 
     /// A waiting message, if any (tests read queues without a runtime).
@@ -165,8 +197,8 @@ mod tests {
         for i in 0..5 {
             tx.try_send(i.to_string().into()).unwrap();
         }
-        assert_eq!(rx.recv_many(&mut buffer, 3).await, 3);
-        assert_eq!(rx.recv_many(&mut buffer, 3).await, 2);
+        assert_eq!(rx.recv_many(&mut buffer, 3).await, Recv::Items(3));
+        assert_eq!(rx.recv_many(&mut buffer, 3).await, Recv::Items(2));
         let got: Vec<&str> = buffer.iter().map(|t| t.as_str()).collect();
         assert_eq!(got, ["0", "1", "2", "3", "4"]);
         let waiting = tokio::spawn(async move {
@@ -180,11 +212,33 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((n, b[0].as_str()), (1, "late"));
+        assert_eq!((n, b[0].as_str()), (Recv::Items(1), "late"));
         drop(tx);
         drop(tx2);
         let ended = tokio::time::timeout(Duration::from_secs(5), rx.recv_many(&mut buffer, 1));
-        assert_eq!(ended.await.unwrap(), 0);
+        assert_eq!(ended.await.unwrap(), Recv::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_ping_request_wakes_the_receiver_and_comes_first() {
+        let (tx, mut rx) = channel(10);
+        let mut buffer = Vec::new();
+        let waiting = tokio::spawn(async move {
+            let mut b = Vec::new();
+            let got = rx.recv_many(&mut b, 10).await;
+            (got, rx)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.request_ping();
+        let (got, mut rx) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Recv::Ping);
+        tx.try_send("m".into()).unwrap();
+        tx.request_ping();
+        assert_eq!(rx.recv_many(&mut buffer, 10).await, Recv::Ping);
+        assert_eq!(rx.recv_many(&mut buffer, 10).await, Recv::Items(1));
     }
 
     #[tokio::test]
@@ -194,7 +248,7 @@ mod tests {
             tx.try_send("x".into()).unwrap();
         }
         let mut buffer = Vec::new();
-        while rx.recv_many(&mut buffer, 64).await == 64 {}
+        while rx.recv_many(&mut buffer, 64).await == Recv::Items(64) {}
         assert!(rx.0.items().capacity() <= KEEP);
     }
 }

@@ -8,13 +8,11 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::hub::{Envelope, Membership};
-use super::policy::{watch_idle, Liveness, MessageSampler, RateLimit, RateLimiter, Verdict};
+use super::policy::{self, Clock, Liveness, MessageSampler, RateLimit, RateLimiter, Verdict};
 use super::protocol;
-use super::queue::Receiver;
+use super::queue::{Receiver, Recv};
 use crate::monitor::{CloseReason, ConnectionEntry, ConnectionGuard, Outcome};
 use crate::telemetry::{self, names::spans};
 
@@ -59,7 +57,6 @@ pub async fn run<S, R>(
     mut guard: ConnectionGuard,
     membership: Membership,
     mut outbound: Receiver,
-    shutdown: CancellationToken,
     limits: SessionLimits,
 ) where
     S: Sink<Message, Error = axum::Error> + Unpin,
@@ -70,26 +67,22 @@ pub async fn run<S, R>(
     let end = {
         let read = read_loop(&mut stream, &entry, &membership, &liveness, &limits);
         tokio::pin!(read);
-        let write = write_loop(
-            &mut sink,
-            &mut outbound,
-            &entry,
-            &liveness.ping,
-            limits.send_timeout,
-        );
-        let idle = watch_idle(
-            &entry,
-            &membership,
-            limits.idle_warn_after,
-            limits.idle_close_after,
-        );
+        let write = write_loop(&mut sink, &mut outbound, &entry, limits.send_timeout);
+        let clock = Clock {
+            ping_interval: limits.ping_interval,
+            ping_timeout: limits.ping_timeout,
+            idle_warn_after: limits.idle_warn_after,
+            idle_close_after: limits.idle_close_after,
+        };
+        let timers = policy::watch(&entry, &membership, &liveness, clock);
+        // In a fixed order (no random start per wake): a requested close first, then what the
+        // client sent, what it is sent, and the timers.
         let end = tokio::select! {
+            biased;
+            reason = entry.close_requested() => End::Server(reason),
             end = &mut read => end,
             end = write => end,
-            reason = entry.close_requested() => End::Server(reason),
-            reason = liveness.watch(limits.ping_interval, limits.ping_timeout) => End::Server(reason),
-            reason = idle => End::Server(reason),
-            () = shutdown.cancelled() => End::Server(CloseReason::ServerShutdown),
+            reason = timers => End::Server(reason),
         };
         match end {
             // A write failed: the client may have sent a close frame and hung up before we
@@ -221,7 +214,6 @@ async fn write_loop<S>(
     sink: &mut S,
     outbound: &mut Receiver,
     entry: &ConnectionEntry,
-    ping: &Notify,
     send_timeout: Duration,
 ) -> End
 where
@@ -230,9 +222,9 @@ where
     // Grows with use; an idle connection allocates nothing here.
     let mut batch = Vec::new();
     loop {
-        let received = tokio::select! {
-            n = outbound.recv_many(&mut batch, WRITE_BATCH) => n,
-            () = ping.notified() => {
+        match outbound.recv_many(&mut batch, WRITE_BATCH).await {
+            Recv::Items(_) => {}
+            Recv::Ping => {
                 let send = sink.send(Message::Ping(axum::body::Bytes::new()));
                 match tokio::time::timeout(send_timeout, send).await {
                     Err(_) => return End::Server(CloseReason::SlowConsumer),
@@ -240,10 +232,8 @@ where
                     Ok(Ok(())) => continue,
                 }
             }
-        };
-        if received == 0 {
             // Every sender is gone: the membership was dropped, the session is ending.
-            return End::Server(CloseReason::InternalError);
+            Recv::Closed => return End::Server(CloseReason::InternalError),
         }
         let frames = batch.len() as u64;
         let bytes: usize = batch.iter().map(|t| t.as_str().len()).sum();

@@ -37,8 +37,6 @@ pub struct ChatState {
     pub websocket: Arc<WebSocketSettings>,
     pub trusted_proxies: Arc<Vec<IpNet>>,
     pub shutdown: CancellationToken,
-    /// Cancelled when the sessions must close (after `shutdown.drain_delay_ms`).
-    pub close_sessions: CancellationToken,
     /// Tracks every session so shutdown can wait for them (bounded by the grace period).
     pub sessions: TaskTracker,
     /// Timing, limits and tracing policy of every session.
@@ -128,7 +126,6 @@ async fn upgrade(
     let span = guard.span().clone();
     span.in_scope(|| tracing::info!(target: "wsmon", "connection accepted"));
     let limits = state.session;
-    let shutdown = state.close_sessions.clone();
     let token = state.sessions.token();
     Ok(ws
         .read_buffer_size(ws_settings.read_buffer_size)
@@ -141,7 +138,7 @@ async fn upgrade(
                 let _token = token;
                 guard.opened();
                 let halves = socket.split();
-                session::run(halves, guard, membership, outbound, shutdown, limits).await;
+                session::run(halves, guard, membership, outbound, limits).await;
             }
             .instrument(span)
         }))

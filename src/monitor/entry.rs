@@ -4,10 +4,11 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::task::AtomicWaker;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::close::CloseReason;
@@ -58,7 +59,9 @@ pub struct ConnectionEntry {
     last_message_us: AtomicU64,
     /// 0 = no close requested; otherwise `CloseReason::index() + 1`. First request wins.
     close_requested: AtomicU8,
-    close_token: CancellationToken,
+    /// The connection's task, waiting in [`Self::close_requested`]: one waiter, so an atomic
+    /// waker (no lock on the task's every wake, as a shared token's waiter list would take).
+    close_waker: AtomicWaker,
     queue_probe: OnceLock<QueueProbe>,
     trace_id: OnceLock<String>,
     totals: Arc<Totals>,
@@ -97,7 +100,7 @@ impl ConnectionEntry {
             last_activity_us: AtomicU64::new(now),
             last_message_us: AtomicU64::new(now),
             close_requested: AtomicU8::new(0),
-            close_token: CancellationToken::new(),
+            close_waker: AtomicWaker::new(),
             queue_probe: OnceLock::new(),
             trace_id: OnceLock::new(),
             totals,
@@ -151,7 +154,7 @@ impl ConnectionEntry {
             .compare_exchange(0, reason.index() as u8 + 1, Relaxed, Relaxed)
             .is_ok();
         if won {
-            self.close_token.cancel();
+            self.close_waker.wake();
         }
         won
     }
@@ -169,10 +172,18 @@ impl ConnectionEntry {
         }
     }
 
-    /// Completes when a close has been requested; the connection's task selects on it.
+    /// Completes when a close has been requested; the connection's task selects on it (one
+    /// task only: a second waiter would take the first one's place).
     pub async fn close_requested(&self) -> CloseReason {
-        self.close_token.cancelled().await;
-        self.requested_close().unwrap_or(CloseReason::InternalError)
+        std::future::poll_fn(|cx| {
+            if let Some(reason) = self.requested_close() {
+                return Poll::Ready(reason);
+            }
+            self.close_waker.register(cx.waker());
+            // A request made before the registration is seen here.
+            self.requested_close().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
     }
 
     /// Installs the function that reports this connection's outbound queue depth (once).

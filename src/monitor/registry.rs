@@ -69,6 +69,8 @@ pub(super) struct Index {
     pub(super) by_id: HashMap<Uuid, u64>,
     pub(super) by_client: HashMap<String, BTreeSet<u64>>,
     next_seq: u64,
+    /// Set by [`Registry::close_all`]: connections registered later are asked to close at once.
+    closing: Option<CloseReason>,
 }
 
 /// The registry; cheap to clone (an `Arc` inside).
@@ -176,13 +178,44 @@ impl Registry {
         index.by_seq.insert(seq, entry.clone());
         index.by_id.insert(entry.id(), seq);
         index.by_client.entry(client_id).or_default().insert(seq);
+        let closing = index.closing;
         drop(index);
+        if let Some(reason) = closing {
+            entry.request_close(reason);
+        }
         self.totals.total_connections.fetch_add(1, Relaxed);
         self.totals.active_connections.fetch_add(1, Relaxed);
         let metrics = &self.totals.metrics;
         metrics.connections_opened.increment(1);
         metrics.active_connections.increment(1.0);
         ConnectionGuard::new(self.clone(), entry, parent)
+    }
+
+    /// Asks every connection, and every one registered from now on, to close with `reason`
+    /// (shutdown). Each connection's task learns it from its own entry, so no signal shared
+    /// by every connection is polled on the message path. Returns how many were asked.
+    pub fn close_all(&self, reason: CloseReason) -> usize {
+        let mut asked = 0;
+        let mut after = None;
+        loop {
+            // In chunks, so connects and the listing APIs are never held up for long.
+            let chunk: Vec<Arc<ConnectionEntry>> = {
+                let mut index = self.lock();
+                index.closing = Some(reason);
+                let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+                index
+                    .by_seq
+                    .range((from, Bound::Unbounded))
+                    .take(SCAN_CHUNK)
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            };
+            let Some(last) = chunk.last() else {
+                return asked;
+            };
+            after = Some(last.seq);
+            asked += chunk.iter().filter(|e| e.request_close(reason)).count();
+        }
     }
 
     /// Removes an entry and counts its close reason; called once, by the guard.
@@ -314,6 +347,38 @@ mod tests {
     fn sizes(r: &Registry) -> (usize, usize, usize) {
         let index = r.lock();
         (index.by_seq.len(), index.by_id.len(), index.by_client.len())
+    }
+
+    #[tokio::test]
+    async fn close_all_reaches_every_connection_and_every_later_one() {
+        let registry = Registry::new(Duration::from_secs(300));
+        let kicked = registry.register(info("kicked"));
+        kicked.entry().request_close(CloseReason::AdminKick);
+        // More than one chunk, so the walk over the index is exercised.
+        let guards: Vec<_> = (0..SCAN_CHUNK + 5)
+            .map(|i| registry.register(info(&format!("c{i}"))))
+            .collect();
+        let waiting = guards[7].entry().clone();
+        let waiter = tokio::spawn(async move { waiting.close_requested().await });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            registry.close_all(CloseReason::ServerShutdown),
+            SCAN_CHUNK + 5
+        );
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert_eq!(woken.unwrap().unwrap(), CloseReason::ServerShutdown);
+        assert!(guards
+            .iter()
+            .all(|g| g.entry().requested_close() == Some(CloseReason::ServerShutdown)));
+        assert_eq!(
+            kicked.entry().requested_close(),
+            Some(CloseReason::AdminKick)
+        );
+        let late = registry.register(info("late"));
+        assert_eq!(
+            late.entry().requested_close(),
+            Some(CloseReason::ServerShutdown)
+        );
     }
 
     #[test]
