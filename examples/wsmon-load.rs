@@ -398,8 +398,8 @@ async fn churn(
 }
 
 /// The server's RSS once it stops moving: readings a second apart stay within 1 % for 6 s
-/// (longer than the 5 s upkeep that drains the Prometheus recorder's histogram buffers, and
-/// the 1 s after which jemalloc purges freed pages), or the last of 30 readings.
+/// (longer than the upkeep that drains wsmon's Prometheus recorder's histogram buffers every
+/// second, and the 1 s after which jemalloc purges freed pages), or the last of 30 readings.
 async fn settled_rss_kib(pid: Option<u32>) -> Option<u64> {
     let pid = pid?;
     let mut window: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
