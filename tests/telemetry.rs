@@ -464,9 +464,23 @@ async fn a_long_connection_keeps_a_small_bounded_trace() {
 #[tokio::test]
 async fn log_lines_inside_a_connection_carry_its_ids_and_trace_id() {
     let captured = captured();
-    let app = spawn_app().await;
-    let c = app.connect("logged").await;
+    let app = spawn_app_with(|s| {
+        s.limits.messages_per_second = 1.0;
+        s.limits.message_burst = 1;
+        s.monitor.idle_after_secs = 1;
+    })
+    .await;
+    let mut c = app.connect("logged").await;
     let id = connection_id_of(&app, "logged").await;
+    // Over the rate limit, then idle: both are logged by the session, in the connection's span.
+    for text in ["a", "b", "c"] {
+        c.send(text).await;
+    }
+    loop {
+        if c.recv_text().await.contains("you have been idle") {
+            break;
+        }
+    }
     drop(c);
     app.wait_for_active(0).await;
 
@@ -484,8 +498,14 @@ async fn log_lines_inside_a_connection_carry_its_ids_and_trace_id() {
         .iter()
         .map(|l| l["message"].as_str().unwrap())
         .collect();
-    assert!(messages.contains(&"connection accepted"), "{messages:?}");
-    assert!(messages.contains(&"connection closed"), "{messages:?}");
+    for expected in [
+        "connection accepted",
+        "rate limit exceeded: dropping messages",
+        "connection idle: warned",
+        "connection closed",
+    ] {
+        assert!(messages.contains(&expected), "{expected}: {messages:?}");
+    }
     for line in &lines {
         let conn = line["spans"]
             .as_array()

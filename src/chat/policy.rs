@@ -125,10 +125,12 @@ pub struct Clock {
 /// The connection's timers in one: asks for a ping (through `membership`) every
 /// `ping_interval` and completes as `ping_timeout` when no pong followed within
 /// `ping_timeout`; warns once after `idle_warn_after` without a chat message and completes as
-/// `idle_timeout` after `idle_close_after` (a chat message in between resets both). One sleep
-/// is registered per connection, re-armed for the earliest of these deadlines.
+/// `idle_timeout` after `idle_close_after` (a chat message in between resets both); the warning
+/// is logged in `span`. One sleep is registered per connection, re-armed for the earliest of
+/// these deadlines.
 pub async fn watch(
     entry: &ConnectionEntry,
+    span: &tracing::Span,
     membership: &Membership,
     liveness: &Liveness,
     clock: Clock,
@@ -163,7 +165,9 @@ pub async fn watch(
         let idle_due = if idle >= clock.idle_warn_after {
             if !warned {
                 warned = true;
-                tracing::info!(target: "wsmon", idle_s = idle.as_secs_f64(), "connection idle: warned");
+                span.in_scope(|| {
+                    tracing::info!(target: "wsmon", idle_s = idle.as_secs_f64(), "connection idle: warned");
+                });
                 membership.send_own(
                     protocol::idle_warning(clock.idle_close_after.saturating_sub(idle)).into(),
                 );

@@ -63,9 +63,11 @@ pub async fn run<S, R>(
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let entry = guard.entry().clone();
+    // The connection span: what the session logs goes there (the task is not entered in it).
+    let span = guard.span().clone();
     let liveness = Liveness::new();
     let end = {
-        let read = read_loop(&mut stream, &entry, &membership, &liveness, &limits);
+        let read = read_loop(&mut stream, &entry, &span, &membership, &liveness, &limits);
         tokio::pin!(read);
         let write = write_loop(&mut sink, &mut outbound, &entry, limits.send_timeout);
         let clock = Clock {
@@ -74,7 +76,7 @@ pub async fn run<S, R>(
             idle_warn_after: limits.idle_warn_after,
             idle_close_after: limits.idle_close_after,
         };
-        let timers = policy::watch(&entry, &membership, &liveness, clock);
+        let timers = policy::watch(&entry, &span, &membership, &liveness, clock);
         // In a fixed order (no random start per wake): a requested close first, then what the
         // client sent, what it is sent, and the timers.
         let end = tokio::select! {
@@ -151,6 +153,7 @@ where
 async fn read_loop<R>(
     stream: &mut R,
     entry: &ConnectionEntry,
+    span: &tracing::Span,
     membership: &Membership,
     liveness: &Liveness,
     limits: &SessionLimits,
@@ -159,7 +162,7 @@ where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let client_id = &entry.info().client_id;
-    let connection = telemetry::spans::span_context(&tracing::Span::current());
+    let connection = telemetry::spans::span_context(span);
     let mut rate = RateLimiter::new(limits.rate, Instant::now());
     let metrics = membership.hub().metrics().clone();
     loop {
@@ -175,7 +178,9 @@ where
                     Verdict::Drop { notify } => {
                         metrics.messages_rate_limited.increment(1);
                         if notify {
-                            tracing::info!(target: "wsmon", "rate limit exceeded: dropping messages");
+                            span.in_scope(|| {
+                                tracing::info!(target: "wsmon", "rate limit exceeded: dropping messages");
+                            });
                             membership
                                 .send_own(protocol::rate_limited(limits.rate.per_second).into());
                         }
