@@ -195,27 +195,13 @@ impl Registry {
     /// (shutdown). Each connection's task learns it from its own entry, so no signal shared
     /// by every connection is polled on the message path. Returns how many were asked.
     pub fn close_all(&self, reason: CloseReason) -> usize {
-        let mut asked = 0;
-        let mut after = None;
-        loop {
-            // In chunks, so connects and the listing APIs are never held up for long.
-            let chunk: Vec<Arc<ConnectionEntry>> = {
-                let mut index = self.lock();
-                index.closing = Some(reason);
-                let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-                index
-                    .by_seq
-                    .range((from, Bound::Unbounded))
-                    .take(SCAN_CHUNK)
-                    .map(|(_, e)| e.clone())
-                    .collect()
-            };
-            let Some(last) = chunk.last() else {
-                return asked;
-            };
-            after = Some(last.seq);
-            asked += chunk.iter().filter(|e| e.request_close(reason)).count();
-        }
+        // Set first: a connection registered from here on is asked by `register`, any earlier
+        // one is in the scan.
+        self.lock().closing = Some(reason);
+        self.scan_all()
+            .iter()
+            .filter(|e| e.request_close(reason))
+            .count()
     }
 
     /// Removes an entry and counts its close reason; called once, by the guard.
