@@ -224,6 +224,16 @@ fn tag(span: &Value, key: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The operation names of a Jaeger trace's spans.
+fn operations(trace: &Value) -> BTreeSet<String> {
+    trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["operationName"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn an_individual_disconnect_is_found_in_jaeger_by_client_id() {
     let collector = Collector::start();
@@ -299,12 +309,7 @@ async fn an_individual_disconnect_is_found_in_jaeger_by_client_id() {
             tag(&close, "connection.duration_s").as_f64().is_some(),
             "{client}"
         );
-        let operations: BTreeSet<String> = trace["spans"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["operationName"].as_str().unwrap().to_owned())
-            .collect();
+        let operations = operations(&trace);
         for op in [
             "websocket.connection",
             "websocket.open",
@@ -387,12 +392,7 @@ async fn every_documented_series_reaches_prometheus_under_the_names_metrics_serv
     // Without message spans, a message crossing nodes adds no span to its connection's trace.
     let peer_client = format!("p-{run}");
     let (trace, _) = eventually("the peer client's close", || close_span(&peer_client)).await;
-    let operations: BTreeSet<String> = trace["spans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["operationName"].as_str().unwrap().to_owned())
-        .collect();
+    let operations = operations(&trace);
     assert_eq!(
         operations,
         BTreeSet::from(
