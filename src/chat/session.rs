@@ -38,6 +38,12 @@ pub struct SessionLimits {
 /// Messages written per flush, at most.
 const WRITE_BATCH: usize = 64;
 
+/// How long the socket is read for a pending EOF, reset or close frame before a close for a
+/// reason that describes a live peer (see [`CloseReason::describes_a_live_peer`]) is recorded.
+/// A peer that is alive shows nothing and is closed this much later; one whose end is
+/// already on its way is recorded as `client_gone` (or `client_closed`).
+pub const PEER_PROBE: Duration = Duration::from_millis(250);
+
 /// How the session loop ended.
 enum End {
     /// The client sent a close frame (with this code, if any).
@@ -78,13 +84,14 @@ pub async fn run<S, R>(
         };
         let timers = policy::watch(&entry, &span, &membership, &liveness, clock);
         // In a fixed order (no random start per wake): a requested close first, then what the
-        // client sent, what it is sent, and the timers.
-        let end = tokio::select! {
+        // client sent, what it is sent, and the timers. `read_done`: the read future finished
+        // and must not be polled again.
+        let (end, read_done) = tokio::select! {
             biased;
-            reason = entry.close_requested() => End::Server(reason),
-            end = &mut read => end,
-            end = write => end,
-            reason = timers => End::Server(reason),
+            reason = entry.close_requested() => (End::Server(reason), false),
+            end = &mut read => (end, true),
+            end = write => (end, false),
+            reason = timers => (End::Server(reason), false),
         };
         match end {
             // A write failed: the client may have sent a close frame and hung up before we
@@ -93,6 +100,16 @@ pub async fn run<S, R>(
                 Ok(closed @ End::ClientClosed(_)) => closed,
                 _ => End::Gone,
             },
+            // A reason that describes a live peer (queue overflow, no pong, silence) is only
+            // the truth if the socket has not already ended: in a storm, dead peers' queues
+            // overflow with leave notices before their EOF is read. The socket decides.
+            End::Server(reason) if !read_done && reason.describes_a_live_peer() => {
+                match tokio::time::timeout(PEER_PROBE, &mut read).await {
+                    Ok(End::Gone) => End::Gone,
+                    Ok(closed @ End::ClientClosed(_)) => closed,
+                    _ => End::Server(reason),
+                }
+            }
             other => other,
         }
     };

@@ -105,6 +105,17 @@ impl CloseReason {
         )
     }
 
+    /// Whether this reason says something about a peer that is still there: it did not read
+    /// (`slow_consumer`), did not answer a ping (`ping_timeout`) or said nothing
+    /// (`idle_timeout`). Such a close is recorded only if the socket shows no EOF or reset
+    /// first; a peer already gone is `client_gone`, whichever timer or queue noticed it first.
+    pub const fn describes_a_live_peer(self) -> bool {
+        matches!(
+            self,
+            CloseReason::SlowConsumer | CloseReason::PingTimeout | CloseReason::IdleTimeout
+        )
+    }
+
     /// The `error.type` counted by `websocket.server.errors`, for reasons that are errors
     /// (bad input or a server bug); policy closes and vanished clients are not.
     pub const fn error_type(self) -> Option<&'static str> {

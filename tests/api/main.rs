@@ -14,3 +14,4 @@ mod metrics;
 mod parsing;
 mod policies;
 mod stats;
+mod storm;
