@@ -199,17 +199,17 @@ async fn jaeger_trace(operation: &str, tags: Value) -> Option<Value> {
     body["data"].as_array()?.first().cloned()
 }
 
-/// The `websocket.close` span of `client`, and its trace.
+/// The disconnect record of `client` (its ended `websocket.connection` span), and its trace.
 async fn close_span(client: &str) -> Option<(Value, Value)> {
     let trace = jaeger_trace(
-        "websocket.close",
+        "websocket.connection",
         serde_json::json!({ "client.id": client }),
     )
     .await?;
     let span = trace["spans"]
         .as_array()?
         .iter()
-        .find(|s| s["operationName"] == "websocket.close")?
+        .find(|s| s["operationName"] == "websocket.connection")?
         .clone();
     Some((trace, span))
 }
@@ -310,12 +310,7 @@ async fn an_individual_disconnect_is_found_in_jaeger_by_client_id() {
             "{client}"
         );
         let operations = operations(&trace);
-        for op in [
-            "websocket.connection",
-            "websocket.open",
-            "websocket.close",
-            "websocket.cleanup",
-        ] {
+        for op in ["websocket.connection", "websocket.open"] {
             assert!(operations.contains(op), "{client}: {op} in {operations:?}");
         }
         let error = tag(&close, "error");
@@ -395,17 +390,9 @@ async fn every_documented_series_reaches_prometheus_under_the_names_metrics_serv
     let operations = operations(&trace);
     assert_eq!(
         operations,
-        BTreeSet::from(
-            [
-                "websocket.connection",
-                "websocket.open",
-                "websocket.close",
-                "websocket.cleanup"
-            ]
-            .map(String::from)
-        )
+        BTreeSet::from(["websocket.connection", "websocket.open"].map(String::from))
     );
-    assert_eq!(trace["spans"].as_array().unwrap().len(), 4);
+    assert_eq!(trace["spans"].as_array().unwrap().len(), 2);
     let scraped = reqwest::get(format!("http://{}/metrics", server.addr))
         .await
         .unwrap()
@@ -787,4 +774,173 @@ async fn a_message_crossing_nodes_is_one_trace_in_jaeger_spanning_both_nodes() {
     .await;
     process::sigterm_and_wait(a);
     process::sigterm_and_wait(b);
+}
+
+/// A sample from `server`'s `/metrics` (the exact series text before the value).
+async fn scraped(server: &process::Server, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+}
+
+/// The client ids with an ended connection span of `reason` in Jaeger, among those starting
+/// with `prefix`.
+async fn disconnects_in_jaeger(reason: &str, prefix: &str) -> BTreeSet<String> {
+    let url = format!("http://{}/api/traces", env("STACK_JAEGER_QUERY"));
+    let tags = serde_json::json!({ "close.reason": reason }).to_string();
+    let body: Value = reqwest::Client::new()
+        .get(url)
+        .query(&[
+            ("service", "wsmon"),
+            ("operation", "websocket.connection"),
+            ("tags", &tags),
+            ("lookback", "1h"),
+            ("limit", "50000"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut found = BTreeSet::new();
+    for trace in body["data"].as_array().into_iter().flatten() {
+        for span in trace["spans"].as_array().into_iter().flatten() {
+            if span["operationName"] != "websocket.connection"
+                || tag(span, "close.reason") != reason
+            {
+                continue;
+            }
+            if let Some(client) = tag(span, "client.id").as_str() {
+                if client.starts_with(prefix) {
+                    found.insert(client.to_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `n` clients named `prefix0`.. connect to `server`; returns once `/ws-stats` counts them.
+async fn connect_all(server: &process::Server, prefix: &str, n: usize) -> Vec<Ws> {
+    let mut clients = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let batch = chunk.iter().map(|i| {
+            let client = format!("{prefix}{i}");
+            async move { connect(server, &client).await }
+        });
+        clients.extend(futures_util::future::join_all(batch).await);
+    }
+    let stats_url = format!("http://{}/ws-stats", server.addr);
+    eventually("every storm client connected", || async {
+        let stats: Value = reqwest::get(&stats_url).await.ok()?.json().await.ok()?;
+        (stats["global_stats"]["active_connections"] == n).then_some(())
+    })
+    .await;
+    clients
+}
+
+/// Every client vanishes at once (half reset, half FIN); returns once `/ws-stats` shows none.
+async fn vanish_all(server: &process::Server, clients: Vec<Ws>) {
+    for (i, ws) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+                tcp.set_zero_linger().unwrap();
+            }
+        }
+        drop(ws);
+    }
+    let stats_url = format!("http://{}/ws-stats", server.addr);
+    eventually("every storm client released", || async {
+        let stats: Value = reqwest::get(&stats_url).await.ok()?.json().await.ok()?;
+        (stats["global_stats"]["active_connections"] == 0).then_some(())
+    })
+    .await;
+}
+
+const GONE: &str = "websocket_server_connections_closed_total{close_reason=\"client_gone\",close_initiator=\"network\"}";
+const SLOW: &str = "websocket_server_connections_closed_total{close_reason=\"slow_consumer\",close_initiator=\"server\"}";
+const DROPPED: &str = "websocket_server_telemetry_spans_total{outcome=\"dropped\"}";
+
+#[tokio::test]
+async fn every_disconnect_of_a_5000_client_storm_reaches_jaeger_with_its_reason() {
+    const N: usize = 5_000;
+    let collector = Collector::start();
+    let run = instance_id("storm");
+    let server = wsmon(
+        &collector,
+        &run,
+        &[("WSMON_LIMITS__MAX_CONNECTIONS_PER_IP", N.to_string())],
+    );
+    let prefix = format!("s-{run}-");
+    let clients = connect_all(&server, &prefix, N).await;
+    vanish_all(&server, clients).await;
+    assert_eq!(scraped(&server, GONE).await, N as f64);
+    assert_eq!(scraped(&server, SLOW).await, 0.0);
+    assert_eq!(scraped(&server, DROPPED).await, 0.0);
+    let found = eventually("every storm disconnect in Jaeger", || async {
+        let found = disconnects_in_jaeger("client_gone", &prefix).await;
+        (found.len() == N).then_some(found)
+    })
+    .await;
+    assert_eq!(found.len(), N);
+    process::sigterm_and_wait(server);
+}
+
+#[tokio::test]
+async fn with_a_small_export_queue_every_storm_disconnect_is_in_jaeger_or_counted_dropped() {
+    const N: usize = 1_000;
+    let collector = Collector::start();
+    let run = instance_id("squeeze");
+    let server = wsmon(
+        &collector,
+        &run,
+        &[
+            ("WSMON_LIMITS__MAX_CONNECTIONS_PER_IP", N.to_string()),
+            // Far smaller than the storm: the queue must shed, and say so.
+            ("WSMON_TELEMETRY__SPAN_QUEUE_SIZE", "64".into()),
+        ],
+    );
+    let prefix = format!("q-{run}-");
+    let clients = connect_all(&server, &prefix, N).await;
+    // Open spans end at connect (and some were shed then); what the storm ends are the
+    // disconnect records alone.
+    let dropped_before = scraped(&server, DROPPED).await;
+    vanish_all(&server, clients).await;
+    let dropped = scraped(&server, DROPPED).await - dropped_before;
+    assert!(
+        dropped > 0.0,
+        "a 64-span queue cannot hold a 1,000-client storm"
+    );
+    let exported = "websocket_server_telemetry_spans_total{outcome=\"exported\"}";
+    let ended = "websocket_server_telemetry_spans_total{outcome=\"ended\"}";
+    eventually("everything ended is exported or dropped", || async {
+        let (e, x, d) = (
+            scraped(&server, ended).await,
+            scraped(&server, exported).await,
+            scraped(&server, DROPPED).await,
+        );
+        (e == x + d).then_some(())
+    })
+    .await;
+    let in_jaeger = eventually("the exported storm disconnects in Jaeger", || async {
+        let found = disconnects_in_jaeger("client_gone", &prefix).await.len();
+        (found as f64 + dropped >= N as f64).then_some(found)
+    })
+    .await;
+    assert_eq!(
+        in_jaeger as f64 + dropped,
+        N as f64,
+        "each disconnect is in Jaeger or counted as dropped, never both, never neither"
+    );
+    process::sigterm_and_wait(server);
 }

@@ -189,7 +189,7 @@ async fn a_live_connection_is_visible_at_once_and_its_trace_id_is_in_the_stats()
 }
 
 #[tokio::test]
-async fn a_disconnect_is_a_close_span_with_a_cleanup_child_under_the_connection_span() {
+async fn a_disconnect_ends_the_connection_span_with_its_record_and_the_trace_holds_two_spans() {
     captured();
     let app = spawn_app().await;
     let mut alice = app
@@ -206,7 +206,6 @@ async fn a_disconnect_is_a_close_span_with_a_cleanup_child_under_the_connection_
     assert_eq!(bob.recv_text().await, "Client #alice-close left the chat");
 
     let connection = wait_for_span(&id, "websocket.connection").await;
-    let close = wait_for_span(&id, "websocket.close").await;
     let open = wait_for_span(&id, "websocket.open").await;
     for (key, want) in [
         ("client.id", "alice-close"),
@@ -219,27 +218,22 @@ async fn a_disconnect_is_a_close_span_with_a_cleanup_child_under_the_connection_
     ] {
         assert_eq!(attr_str(&connection, key), want, "connection span {key}");
     }
-    assert_eq!(close.parent_span_id, connection.span_context.span_id());
     assert_eq!(open.parent_span_id, connection.span_context.span_id());
-    assert_eq!(attr_str(&close, "close.reason"), "client_closed");
-    assert_eq!(attr_str(&close, "close.initiator"), "client");
-    assert_eq!(attr_i64(&close, "close.code_received"), Some(1000));
-    assert_eq!(attr_i64(&close, "messages.received"), Some(1));
-    assert_eq!(attr_i64(&close, "messages.sent"), Some(2));
-    assert_eq!(attr_i64(&close, "bytes.received"), Some(5));
+    assert_eq!(attr_i64(&connection, "close.code_received"), Some(1000));
+    assert_eq!(attr_i64(&connection, "messages.received"), Some(1));
+    assert_eq!(attr_i64(&connection, "messages.sent"), Some(2));
+    assert_eq!(attr_i64(&connection, "bytes.received"), Some(5));
     assert!(matches!(
-        attr(&close, "connection.duration_s"),
+        attr(&connection, "connection.duration_s"),
         Some(Value::F64(_))
     ));
-    assert!(!matches!(close.status, Status::Error { .. }));
+    assert!(!matches!(connection.status, Status::Error { .. }));
+    assert_eq!(connection.parent_span_id, SpanId::INVALID, "a root span");
 
     let trace = trace_spans(connection.span_context.trace_id());
-    let cleanup = trace
-        .iter()
-        .find(|s| s.name == "websocket.cleanup")
-        .expect("cleanup span");
-    assert_eq!(cleanup.parent_span_id, close.span_context.span_id());
-    assert_eq!(connection.parent_span_id, SpanId::INVALID, "a root span");
+    let mut names: Vec<_> = trace.iter().map(|s| s.name.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["websocket.connection", "websocket.open"]);
 }
 
 fn normal_close() -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
@@ -337,10 +331,10 @@ async fn every_close_reason_is_recorded_with_initiator_code_and_status() {
                 .await;
             assert_eq!(stats["global_stats"]["active_connections"], 0);
         }
-        let close = wait_for_client_span(&client_id, "websocket.close").await;
-        assert_eq!(attr_str(&close, "close.reason"), reason.as_str());
+        let record = wait_for_client_span(&client_id, "websocket.connection").await;
+        assert_eq!(attr_str(&record, "close.reason"), reason.as_str());
         assert_eq!(
-            attr_str(&close, "close.initiator"),
+            attr_str(&record, "close.initiator"),
             reason.initiator().as_str()
         );
         match reason.server_code() {
@@ -351,14 +345,14 @@ async fn every_close_reason_is_recorded_with_initiator_code_and_status() {
                     "{}: code on the wire",
                     reason.as_str()
                 );
-                assert_eq!(attr_i64(&close, "close.code_sent"), Some(i64::from(code)));
+                assert_eq!(attr_i64(&record, "close.code_sent"), Some(i64::from(code)));
             }
             None if reason == CloseReason::ClientClosed => {
-                assert_eq!(attr_i64(&close, "close.code_received"), Some(1000));
+                assert_eq!(attr_i64(&record, "close.code_received"), Some(1000));
             }
-            None => assert_eq!(attr_i64(&close, "close.code_sent"), None),
+            None => assert_eq!(attr_i64(&record, "close.code_sent"), None),
         }
-        let is_error = matches!(close.status, Status::Error { .. });
+        let is_error = matches!(record.status, Status::Error { .. });
         assert_eq!(is_error, !reason.is_normal(), "{}: status", reason.as_str());
     }
 }
@@ -441,12 +435,7 @@ async fn a_long_connection_keeps_a_small_bounded_trace() {
     names.sort();
     assert_eq!(
         names,
-        [
-            "websocket.cleanup",
-            "websocket.close",
-            "websocket.connection",
-            "websocket.open"
-        ],
+        ["websocket.connection", "websocket.open"],
         "messages live in their own traces"
     );
     assert!(

@@ -133,7 +133,7 @@ pub fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
 
 fn validate(s: &Settings) -> Result<(), (String, String)> {
     let l = &s.limits;
-    let positive: [(&str, u64); 23] = [
+    let positive: [(&str, u64); 24] = [
         ("websocket.ping_interval_ms", s.websocket.ping_interval_ms),
         ("websocket.ping_timeout_ms", s.websocket.ping_timeout_ms),
         ("limits.idle_close_after_secs", l.idle_close_after_secs),
@@ -156,6 +156,10 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
         (
             "telemetry.shutdown_timeout_ms",
             s.telemetry.shutdown_timeout_ms,
+        ),
+        (
+            "telemetry.span_queue_size",
+            s.telemetry.span_queue_size as u64,
         ),
         (
             "websocket.max_message_size",

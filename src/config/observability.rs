@@ -109,6 +109,8 @@ pub struct TelemetrySettings {
     pub trace_url_template: String,
     /// Longest wait for the final telemetry flush at shutdown (ms).
     pub shutdown_timeout_ms: u64,
+    /// Spans waiting for export, at most; `OTEL_BSP_MAX_QUEUE_SIZE`, when set, wins.
+    pub span_queue_size: usize,
 }
 
 impl Default for TelemetrySettings {
@@ -124,6 +126,7 @@ impl Default for TelemetrySettings {
             message_span_ratio: 0.01,
             trace_url_template: "http://localhost:16686/trace/{trace_id}".into(),
             shutdown_timeout_ms: 5_000,
+            span_queue_size: crate::telemetry::span_queue::DEFAULT_CAPACITY,
         }
     }
 }

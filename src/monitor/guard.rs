@@ -30,8 +30,9 @@ impl Outcome {
     }
 }
 
-/// Keeps a connection in the registry; dropping it releases the connection exactly once,
-/// inside a `websocket.close` span (with a `websocket.cleanup` child around the release work).
+/// Keeps a connection in the registry; dropping it releases the connection exactly once and
+/// ends the connection span with the disconnect recorded on it (reason, initiator, codes,
+/// duration, message and byte counts).
 pub struct ConnectionGuard {
     registry: Registry,
     entry: Arc<ConnectionEntry>,
@@ -67,6 +68,11 @@ impl ConnectionGuard {
             close.initiator = tracing::field::Empty,
             close.code_sent = tracing::field::Empty,
             close.code_received = tracing::field::Empty,
+            connection.duration_s = tracing::field::Empty,
+            messages.received = tracing::field::Empty,
+            messages.sent = tracing::field::Empty,
+            bytes.received = tracing::field::Empty,
+            bytes.sent = tracing::field::Empty,
         );
         if let Some(parent) = parent {
             telemetry::spans::set_parent(&span, parent);
@@ -153,46 +159,27 @@ impl Drop for ConnectionGuard {
         let reason = outcome.reason;
         let status = if reason.is_normal() { "OK" } else { "ERROR" };
         let (bytes_in, bytes_out) = self.entry.bytes();
-        let close = tracing::info_span!(
-            target: "wsmon",
-            parent: &self.span,
-            "websocket.close",
-            otel.name = spans::CLOSE,
-            otel.status_code = status,
-            connection.id = %self.entry.id(),
-            client.id = %self.entry.info().client_id,
-            close.reason = reason.as_str(),
-            close.initiator = reason.initiator().as_str(),
-            close.code_sent = outcome.code_sent.map(i64::from),
-            close.code_received = outcome.code_received.map(i64::from),
-            connection.duration_s = self.entry.age().as_secs_f64(),
-            messages.received = as_i64(self.entry.messages_received()),
-            messages.sent = as_i64(self.entry.messages_sent()),
-            bytes.received = as_i64(bytes_in),
-            bytes.sent = as_i64(bytes_out),
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
-        telemetry::spans::record_ids(&close);
-        for (field, value) in [
-            ("close.reason", reason.as_str()),
-            ("close.initiator", reason.initiator().as_str()),
-            ("otel.status_code", status),
-        ] {
-            self.span.record(field, value);
-        }
+        // The disconnect record is the connection span itself, ending now: one span per
+        // disconnect to export, not a close span and a cleanup span repeating it.
+        let span = &self.span;
+        span.record("close.reason", reason.as_str());
+        span.record("close.initiator", reason.initiator().as_str());
+        span.record("otel.status_code", status);
         if let Some(code) = outcome.code_sent {
-            self.span.record("close.code_sent", i64::from(code));
+            span.record("close.code_sent", i64::from(code));
         }
         if let Some(code) = outcome.code_received {
-            self.span.record("close.code_received", i64::from(code));
+            span.record("close.code_received", i64::from(code));
         }
-        let _in_close = close.enter();
-        tracing::info_span!(target: "wsmon", "websocket.cleanup", otel.name = spans::CLEANUP)
-            .in_scope(|| {
-                self.attachments.clear();
-                self.registry.release(&self.entry, reason);
-            });
+        span.record("connection.duration_s", self.entry.age().as_secs_f64());
+        span.record("messages.received", as_i64(self.entry.messages_received()));
+        span.record("messages.sent", as_i64(self.entry.messages_sent()));
+        span.record("bytes.received", as_i64(bytes_in));
+        span.record("bytes.sent", as_i64(bytes_out));
+        // The release work (e.g. the leave notice) and the last log line run inside it.
+        let _in_span = span.enter();
+        self.attachments.clear();
+        self.registry.release(&self.entry, reason);
         if reason == CloseReason::InternalError {
             tracing::error!(target: "wsmon", "connection closed");
         } else {

@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use opentelemetry::Context;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::Temporality;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 
 use super::metrics::{Metrics, Signal, SpanOutcome};
+use super::span_queue::Waiting;
 
 /// Minimum interval between two export-failure log lines per signal.
 pub const LOG_EVERY: Duration = Duration::from_secs(30);
@@ -65,11 +65,22 @@ impl FailureLog {
     }
 }
 
-/// A span exporter that counts exported and failed spans.
+/// A span exporter that counts exported and failed spans, and frees their places in the
+/// export queue ([`Waiting`]) once their export is over, however it ends.
 pub struct CountingSpanExporter<E> {
     pub inner: E,
     pub metrics: Arc<Metrics>,
     pub log: FailureLog,
+    pub waiting: Arc<Waiting>,
+}
+
+/// Frees a batch's places even if its export future is dropped before it finishes.
+struct Leaving<'a>(&'a Waiting, u64);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.done(self.1);
+    }
 }
 
 impl<E: fmt::Debug> fmt::Debug for CountingSpanExporter<E> {
@@ -83,6 +94,7 @@ impl<E: fmt::Debug> fmt::Debug for CountingSpanExporter<E> {
 impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len() as u64;
+        let _leaving = Leaving(&self.waiting, n);
         let result = self.inner.export(batch).await;
         self.metrics.export(Signal::Traces, result.is_ok());
         match &result {
@@ -101,43 +113,6 @@ impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
 
     fn force_flush(&self) -> OTelSdkResult {
         self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-/// A span processor that counts ended spans before handing them to `inner`.
-pub struct CountingProcessor<P> {
-    pub inner: P,
-    pub metrics: Arc<Metrics>,
-}
-
-impl<P: fmt::Debug> fmt::Debug for CountingProcessor<P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CountingProcessor")
-            .field("inner", &self.inner)
-            .finish()
-    }
-}
-
-impl<P: SpanProcessor> SpanProcessor for CountingProcessor<P> {
-    fn on_start(&self, span: &mut Span, cx: &Context) {
-        self.inner.on_start(span, cx);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        self.metrics.spans(SpanOutcome::Ended, 1);
-        self.inner.on_end(span);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
     }
 
     fn set_resource(&mut self, resource: &Resource) {

@@ -28,6 +28,8 @@ pub enum SpanOutcome {
     Ended = 0,
     Exported = 1,
     Failed = 2,
+    /// Not admitted to the export queue (see `span_queue`).
+    Dropped = 3,
 }
 
 /// The handles. Cheap to share (`Arc`); every field is a bounded label set.
@@ -53,7 +55,7 @@ pub struct Metrics {
     /// `[signal][0 = success, 1 = failure]`.
     pub telemetry_exports: [[Counter; 2]; 2],
     /// Indexed by [`SpanOutcome`].
-    pub telemetry_spans: [Counter; 3],
+    pub telemetry_spans: [Counter; 4],
     pub backplane_published: Counter,
     pub backplane_received: Counter,
     /// Indexed by [`BackplaneDrop`].
@@ -169,7 +171,7 @@ impl Metrics {
                 })
                 .collect(),
             telemetry_exports: [exports("traces"), exports("metrics")],
-            telemetry_spans: ["ended", "exported", "failed"]
+            telemetry_spans: ["ended", "exported", "failed", "dropped"]
                 .map(|o| counter(names::TELEMETRY_SPANS, &[(names::OUTCOME, o)])),
             backplane_published: counter(
                 names::BACKPLANE_MESSAGES,

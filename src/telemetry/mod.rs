@@ -5,12 +5,15 @@
 //! - [`metrics`]: the metric handles and their recorder (Prometheus + OpenTelemetry bridge).
 //! - [`traces`]: OTLP pipelines, resource, the `OTEL_*` environment.
 //! - [`export`]: export-health counters and throttled failure logs.
+//! - [`span_queue`]: admission to the span export queue by priority (disconnect records last
+//!   to go).
 //! - [`spans`]: helpers that tie `tracing` spans to OpenTelemetry trace ids.
 
 pub mod export;
 pub mod metrics;
 pub mod names;
 mod otel_bridge;
+pub mod span_queue;
 pub mod spans;
 pub mod traces;
 
@@ -144,7 +147,10 @@ impl Telemetry {
             let _ = late.set(handle.metrics.clone());
             let tracer = t
                 .export_traces
-                .then(|| traces::tracer_provider(&export, resource, handle.metrics.clone()))
+                .then(|| {
+                    let queue = traces::span_queue_size(&t)?;
+                    traces::tracer_provider(&export, resource, handle.metrics.clone(), queue)
+                })
                 .transpose()?;
             Ok((handle, tracer, meter, instance))
         })

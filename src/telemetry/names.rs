@@ -243,8 +243,8 @@ pub const METRICS: &[MetricDef] = &[
         otel_unit: "{span}",
         labels: &[OUTCOME],
         buckets: &[],
-        description: "Spans ended, exported, and failed to export; ended minus the others is \
-                      what is queued or was dropped at the export queue.",
+        description: "Spans ended, exported, failed to export, and dropped at a full export \
+                      queue (lowest priority first); ended minus the others is what is queued.",
     },
     MetricDef {
         name: BACKPLANE_MESSAGES,
@@ -320,14 +320,11 @@ pub fn metric(name: &str) -> Option<&'static MetricDef> {
 
 /// Span names.
 pub mod spans {
-    /// The whole connection: from the upgrade to the end of cleanup.
+    /// The whole connection, from the upgrade to the end of cleanup; it ends carrying the
+    /// disconnect record: reason, initiator, codes, duration, counts.
     pub const CONNECTION: &str = "websocket.connection";
     /// Short span ended right after the upgrade, so a live connection shows up in seconds.
     pub const OPEN: &str = "websocket.open";
-    /// The disconnect record: reason, initiator, codes, duration, counts.
-    pub const CLOSE: &str = "websocket.close";
-    /// The cleanup work of a disconnect (registry release, leave notice).
-    pub const CLEANUP: &str = "websocket.cleanup";
     /// One inbound message (sampled; its own trace, linked to the connection).
     pub const MESSAGE: &str = "websocket.message";
     /// A chat message handed to Redis (child of the message span).

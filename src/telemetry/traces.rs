@@ -1,8 +1,9 @@
 //! The OTLP pipelines: resource, span exporter and batch processor, metric exporter and
 //! periodic reader, chosen from settings and the standard `OTEL_*` environment.
 //!
-//! Bounds: the batch span processor queues at most `OTEL_BSP_MAX_QUEUE_SIZE` spans (2,048 by
-//! default; beyond that spans are dropped and counted); each span keeps at most 128 events,
+//! Bounds: the span export queue holds at most `telemetry.span_queue_size` spans (16,384 by
+//! default, or `OTEL_BSP_MAX_QUEUE_SIZE`); beyond that spans are dropped by priority and
+//! counted (see `span_queue`); each span keeps at most 128 events,
 //! 128 attributes and 128 links (SDK limits); an export waits at most `OTEL_EXPORTER_OTLP_TIMEOUT`
 //! (10 s by default).
 
@@ -12,11 +13,12 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
-use super::export::{CountingMetricExporter, CountingProcessor, CountingSpanExporter, FailureLog};
+use super::export::{CountingMetricExporter, CountingSpanExporter, FailureLog};
 use super::metrics::Metrics;
+use super::span_queue::{AdmittingProcessor, Waiting};
 use crate::config::{OtlpProtocol, TelemetrySettings};
 
 /// Where and how to export, after the environment has had its say.
@@ -100,13 +102,27 @@ fn signal_endpoint(export: &Export, path: &str) -> Option<String> {
     })
 }
 
-/// The tracer provider: OTLP exporter → counting wrapper → batch processor → counting processor.
+/// The span export queue's capacity: `OTEL_BSP_MAX_QUEUE_SIZE` when set, else the setting.
+pub fn span_queue_size(settings: &TelemetrySettings) -> Result<usize, ExportError> {
+    match env("OTEL_BSP_MAX_QUEUE_SIZE") {
+        None => Ok(settings.span_queue_size),
+        Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ExportError(format!(
+                "OTEL_BSP_MAX_QUEUE_SIZE={v} is not a positive number of spans"
+            ))
+        }),
+    }
+}
+
+/// The tracer provider: OTLP exporter → counting wrapper → batch processor (holding
+/// `queue_size` spans) → admitting processor (priorities; counts ended and dropped spans).
 /// Must run where blocking is allowed (the HTTP exporter builds a blocking client) and a Tokio
 /// runtime is reachable (the gRPC exporter spawns its connection there).
 pub fn tracer_provider(
     export: &Export,
     resource: Resource,
     metrics: Arc<Metrics>,
+    queue_size: usize,
 ) -> Result<SdkTracerProvider, ExportError> {
     let endpoint = signal_endpoint(export, "/v1/traces");
     let exporter = match export.protocol {
@@ -128,15 +144,21 @@ pub fn tracer_provider(
         }
     }
     .map_err(|e| ExportError(format!("OTLP span exporter: {e}")))?;
+    let waiting = Waiting::new(queue_size);
     let exporter = CountingSpanExporter {
         inner: exporter,
         metrics: metrics.clone(),
         log: FailureLog::new("traces"),
+        waiting: waiting.clone(),
     };
-    let processor = CountingProcessor {
-        inner: BatchSpanProcessor::builder(exporter).build(),
-        metrics,
-    };
+    // The same capacity as the admission's: the batch processor never drops on its own.
+    let config = BatchConfigBuilder::default()
+        .with_max_queue_size(waiting.capacity())
+        .build();
+    let batch = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config)
+        .build();
+    let processor = AdmittingProcessor::new(batch, waiting, metrics);
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(resource)

@@ -26,9 +26,7 @@ fn vanish(clients: Vec<Client>) {
     for (i, client) in clients.into_iter().enumerate() {
         if i % 2 == 0 {
             if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = client.ws.get_ref() {
-                // Deprecated for blocking on drop; a zero linger resets at once instead.
-                #[allow(deprecated)]
-                tcp.set_linger(Some(Duration::ZERO)).unwrap();
+                tcp.set_zero_linger().unwrap();
             }
         }
         drop(client);
