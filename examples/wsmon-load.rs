@@ -592,6 +592,27 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// `websocket_server_telemetry_spans_total` by outcome, from `/metrics`.
+async fn span_counts(target: SocketAddr) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    if let Some((_, body)) = http_get(target, "/metrics").await {
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("websocket_server_telemetry_spans_total{outcome=\"")
+            else {
+                continue;
+            };
+            if let Some((outcome, value)) = rest.split_once("\"} ") {
+                if let Ok(v) = value.trim().parse::<f64>() {
+                    out.insert(outcome.to_owned(), json!(v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every held connection vanishes at once (reset): how long until the server is empty and
+/// fast again, what it recorded, what its telemetry did with the disconnect records.
 async fn departure(
     target: SocketAddr,
     connections: usize,
@@ -603,6 +624,8 @@ async fn departure(
     let rss_held = pid.and_then(rss_kib);
     let peak_before = pid.and_then(peak_rss_kib);
     let baseline = http_get(target, "/ws-stats").await.map(|(ms, _)| ms);
+    let spans_before = span_counts(target).await;
+    let cpu_before = pid.and_then(process_cpu_seconds);
     let n = held.len();
     let dropped = Instant::now();
     for ws in held {
@@ -625,7 +648,35 @@ async fn departure(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu_departure = pid
+        .and_then(process_cpu_seconds)
+        .zip(cpu_before)
+        .map(|(a, b)| a - b);
+    // With export on: until every ended span is exported, failed or dropped (at most 15 s).
+    let settle = Instant::now() + Duration::from_secs(15);
+    let mut spans_after = span_counts(target).await;
+    while Instant::now() < settle && Instant::now() < deadline {
+        let get = |k: &str| spans_after.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        if get("ended") <= get("exported") + get("failed") + get("dropped") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        spans_after = span_counts(target).await;
+    }
+    let delta: serde_json::Map<_, _> = spans_after
+        .iter()
+        .map(|(k, v)| {
+            let before = spans_before.get(k).and_then(|b| b.as_f64()).unwrap_or(0.0);
+            (k.clone(), json!(v.as_f64().unwrap_or(0.0) - before))
+        })
+        .collect();
+    let disconnects = match http_get(target, "/ws-stats").await {
+        Some((_, body)) => serde_json::from_str::<serde_json::Value>(&body)
+            .map(|v| v["global_stats"]["disconnects"].clone())
+            .unwrap_or_default(),
+        None => serde_json::Value::Null,
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
     json!({
         "mode": "departure", "connections": n, "drop_ms": drop_ms,
         "ws_stats_ms_before": baseline, "ws_stats_slowest_ms": slowest,
@@ -633,6 +684,8 @@ async fn departure(
         "server_rss_kib_held": rss_held, "server_peak_rss_kib_before": peak_before,
         "server_peak_rss_kib": pid.and_then(peak_rss_kib),
         "server_rss_kib_after": pid.and_then(rss_kib),
+        "server_cpu_s_departure": cpu_departure,
+        "disconnects": disconnects, "spans_during": delta,
     })
 }
 
