@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 
 use super::hub::{Envelope, Membership};
 use super::policy::{self, Clock, Liveness, MessageSampler, RateLimit, RateLimiter, Verdict};
@@ -37,6 +37,11 @@ pub struct SessionLimits {
 
 /// Messages written per flush, at most.
 const WRITE_BATCH: usize = 64;
+
+/// With the `fault-injection` feature (tests only, never in a release build), this chat text
+/// makes the connection's task panic.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_PANIC: &str = "\u{0}wsmon-fault:panic";
 
 /// How long the socket is read for a pending EOF, reset or close frame before a close for a
 /// reason that describes a live peer (see [`CloseReason::describes_a_live_peer`]) is recorded.
@@ -72,7 +77,9 @@ pub async fn run<S, R>(
     // The connection span: what the session logs goes there (the task is not entered in it).
     let span = guard.span().clone();
     let liveness = Liveness::new();
-    let end = {
+    // A panic anywhere in the loop (a bug) ends this connection only: the socket halves are
+    // borrowed, not moved, so the client still gets its 1011 close frame.
+    let looped = std::panic::AssertUnwindSafe(async {
         let read = read_loop(&mut stream, &entry, &span, &membership, &liveness, &limits);
         tokio::pin!(read);
         let write = write_loop(&mut sink, &mut outbound, &entry, limits.send_timeout);
@@ -112,9 +119,18 @@ pub async fn run<S, R>(
             }
             other => other,
         }
+    });
+    let end = match looped.catch_unwind().await {
+        Ok(end) => end,
+        Err(_) => {
+            span.in_scope(|| {
+                tracing::error!(target: "wsmon", "connection task panicked: closing it with 1011");
+            });
+            End::Server(CloseReason::InternalError)
+        }
     };
     drop(outbound);
-    let outcome = finish(end, &mut sink, &limits).await;
+    let outcome = finish(end, &mut sink, &mut stream, &limits).await;
     guard.set_outcome(outcome);
     // The leave notice goes out inside the disconnect's cleanup span.
     guard.attach(membership);
@@ -122,9 +138,10 @@ pub async fn run<S, R>(
 }
 
 /// Sends or answers the close frame as `end` requires; how the connection ended.
-async fn finish<S>(end: End, sink: &mut S, limits: &SessionLimits) -> Outcome
+async fn finish<S, R>(end: End, sink: &mut S, stream: &mut R, limits: &SessionLimits) -> Outcome
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     match end {
         End::ClientClosed(code) => {
@@ -145,18 +162,24 @@ where
                 code,
                 reason: Utf8Bytes::from_static(reason.as_str()),
             });
-            let close = async {
-                sink.send(Message::Close(frame)).await?;
-                sink.close().await
-            };
             let sent = matches!(
-                tokio::time::timeout(limits.close_timeout, close).await,
+                tokio::time::timeout(limits.close_timeout, sink.send(Message::Close(frame))).await,
                 Ok(Ok(()))
             );
+            // A lingering close: a client still sending when the server closes has unread data
+            // on its way; dropping the socket over it would reset the connection, and the
+            // client's kernel would throw the close frame away unread. Read and discard until
+            // the client answers (or hangs up), then close.
+            let answered = if sent {
+                linger(stream, limits.close_timeout).await
+            } else {
+                None
+            };
+            let _ = tokio::time::timeout(limits.close_timeout, sink.close()).await;
             Outcome {
                 reason,
                 code_sent: code.filter(|_| sent),
-                code_received: None,
+                code_received: answered,
             }
         }
         End::Gone | End::WriteFailed => Outcome {
@@ -165,6 +188,33 @@ where
             code_received: None,
         },
     }
+}
+
+/// Most bytes read and discarded while waiting for the client's answer to a close frame.
+pub const LINGER_BYTES: usize = 1 << 20;
+
+/// Reads and discards what the client still sends, until its close frame (its code), EOF or
+/// an error, `timeout`, or [`LINGER_BYTES`].
+async fn linger<R>(stream: &mut R, timeout: Duration) -> Option<u16>
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let drain = async {
+        let mut discarded = 0;
+        while let Some(Ok(msg)) = stream.next().await {
+            discarded += match msg {
+                Message::Close(frame) => return frame.map(|f| f.code),
+                Message::Text(t) => t.len(),
+                Message::Binary(b) => b.len(),
+                Message::Ping(b) | Message::Pong(b) => b.len(),
+            };
+            if discarded > LINGER_BYTES {
+                break;
+            }
+        }
+        None
+    };
+    tokio::time::timeout(timeout, drain).await.ok().flatten()
 }
 
 async fn read_loop<R>(
@@ -190,6 +240,10 @@ where
         };
         match msg {
             Message::Text(text) => {
+                #[cfg(feature = "fault-injection")]
+                if text.as_str() == FAULT_PANIC {
+                    panic!("injected fault");
+                }
                 match rate.check(Instant::now()) {
                     Verdict::Accept => {}
                     Verdict::Drop { notify } => {

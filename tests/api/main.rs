@@ -5,8 +5,11 @@ mod admin;
 mod audit;
 mod bad_input;
 mod chat;
+mod closes_under_traffic;
 mod config;
 mod connections_api;
+#[cfg(feature = "fault-injection")]
+mod faults;
 mod grafana;
 mod helpers;
 mod lifecycle;

@@ -1,0 +1,138 @@
+//! A server-initiated close reaches a client that is still sending: the session reads and
+//! discards until the client answers (a lingering close), so the close frame is not thrown away
+//! by a reset. Each test asserts the code the client *received*, never "closed somehow".
+
+use std::time::Duration;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{spawn_app, spawn_app_with, Client, TestApp, RECV_TIMEOUT};
+
+/// Splits `client`: a task sends `text` (as fast as the socket takes it, or one per `pace`),
+/// until sending fails;
+/// the returned future reads everything until the close frame, and gives its code and reason
+/// (or panics on EOF, reset or timeout).
+async fn flood_and_read_until_close(
+    client: Client,
+    text: &'static str,
+    pace: Option<Duration>,
+) -> (u16, String) {
+    // Big frames keep the server's receive buffer full, as a real flood does.
+    let text: &'static str = if pace.is_none() {
+        Box::leak(text.repeat(8 * 1024 / text.len()).into_boxed_str())
+    } else {
+        text
+    };
+    let (mut sink, mut stream) = client.ws.split();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while sink.send(Message::text(text)).await.is_ok() {
+            sent += 1;
+            match pace {
+                Some(pace) => tokio::time::sleep(pace).await,
+                None if sent % 64 == 0 => tokio::task::yield_now().await,
+                None => {}
+            }
+            if sent > 2_000_000 {
+                break;
+            }
+        }
+        sent
+    });
+    // The client reads everything, in bursts every 50 ms as a busy event loop does: a close
+    // frame waits in its socket buffer for a moment, where a reset would destroy it.
+    let end = tokio::time::timeout(RECV_TIMEOUT, async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Some(next) = stream.next().now_or_never() {
+                match next {
+                    Some(Ok(Message::Close(Some(f)))) => {
+                        return Ok((u16::from(f.code), f.reason.to_string()))
+                    }
+                    Some(Ok(Message::Close(None))) => return Ok((1005, String::new())),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(format!("error before a close frame: {e}")),
+                    None => return Err("EOF before a close frame".to_owned()),
+                }
+            }
+        }
+    })
+    .await
+    .expect("the close frame within the receive timeout");
+    writer.abort();
+    end.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Chatting clients send a message every millisecond: busy, but not slow consumers.
+const PACE: Option<Duration> = Some(Duration::from_millis(1));
+
+async fn connection_id(app: &TestApp, client_id: &str) -> String {
+    let stats = app
+        .wait_for_stats(client_id, |s| {
+            s["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["client_id"] == client_id)
+        })
+        .await;
+    stats["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == client_id)
+        .unwrap()["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_but_keeps_flooding_receives_1008_rate_limited() {
+    let app = spawn_app_with(|s| {
+        s.limits.messages_per_second = 1.0;
+        s.limits.message_burst = 1;
+        s.limits.rate_limit_close_drops = 50;
+    })
+    .await;
+    let flooder = app.connect("flooder").await;
+    let got = flood_and_read_until_close(flooder, "flood", None).await;
+    assert_eq!(got, (1008, "rate_limited".into()));
+    app.wait_for_stats("rate_limited", |s| {
+        s["global_stats"]["disconnects"]["rate_limited"] == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_kicked_while_it_chats_receives_4003() {
+    let app = spawn_app().await;
+    let chatty = app.connect("chatty").await;
+    let id = connection_id(&app, "chatty").await;
+    let http = app.http.clone();
+    let url = app.url(&format!("/api/v1/connections/{id}"));
+    let kick = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        http.delete(url).send().await.unwrap().status().as_u16()
+    });
+    let got = flood_and_read_until_close(chatty, "still talking", PACE).await;
+    assert_eq!(kick.await.unwrap(), 202);
+    assert_eq!(got, (4003, "admin_kick".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_chatting_through_a_shutdown_receive_1001() {
+    let app = spawn_app().await;
+    let mut floods = Vec::new();
+    for i in 0..5 {
+        let c = app.connect(&format!("talker{i}")).await;
+        floods.push(tokio::spawn(flood_and_read_until_close(c, "talking", PACE)));
+    }
+    app.wait_for_active(5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.shutdown.cancel();
+    for f in floods {
+        assert_eq!(f.await.unwrap(), (1001, "server_shutdown".into()));
+    }
+}
