@@ -290,5 +290,6 @@ fn session_limits(settings: &Settings) -> SessionLimits {
             window: Duration::from_secs(limits.rate_limit_window_secs),
         },
         shutdown_code: settings.shutdown.close_code.code(),
+        open_span_after: Duration::from_millis(settings.telemetry.open_span_after_ms),
     }
 }

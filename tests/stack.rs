@@ -102,6 +102,8 @@ fn wsmon(collector: &Collector, instance: &str, extra: &[(&str, String)]) -> pro
             format!("service.instance.id={instance}"),
         ),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+        // Short test connections still get their open span.
+        ("WSMON_TELEMETRY__OPEN_SPAN_AFTER_MS", "0".into()),
         ("WSMON_TELEMETRY__METRICS_INTERVAL_MS", "1000".into()),
         ("WSMON_MONITOR__SAMPLE_INTERVAL_MS", "1000".into()),
     ];

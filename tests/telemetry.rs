@@ -236,6 +236,34 @@ async fn a_disconnect_ends_the_connection_span_with_its_record_and_the_trace_hol
     assert_eq!(names, ["websocket.connection", "websocket.open"]);
 }
 
+#[tokio::test]
+async fn by_default_only_a_connection_that_lasts_gets_an_open_span() {
+    captured();
+    let app = spawn_app_with(|s| s.telemetry.open_span_after_ms = 1_000).await;
+    let mut brief = app.connect("brief-open").await;
+    let brief_id = connection_id_of(&app, "brief-open").await;
+    brief.ws.close(None).await.unwrap();
+    let connection = wait_for_span(&brief_id, "websocket.connection").await;
+    let trace = trace_spans(connection.span_context.trace_id());
+    let names: Vec<_> = trace.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(
+        names,
+        ["websocket.connection"],
+        "one span for a brief connection"
+    );
+
+    let _lasting = app.connect("lasting-open").await;
+    let lasting_id = connection_id_of(&app, "lasting-open").await;
+    let open = wait_for_span(&lasting_id, "websocket.open").await;
+    assert!(
+        spans_of(&lasting_id)
+            .iter()
+            .all(|s| s.name != "websocket.connection"),
+        "the open span arrives while the connection lasts"
+    );
+    assert_eq!(attr_str(&open, "client.id"), "lasting-open");
+}
+
 fn normal_close() -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
     tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,

@@ -120,6 +120,9 @@ pub struct Clock {
     pub idle_warn_after: Duration,
     /// ...and the `idle_timeout` close after this long.
     pub idle_close_after: Duration,
+    /// The connection's open span is recorded once it has lasted this long (a connection that
+    /// ends sooner is in the trace UI by its connection span anyway).
+    pub open_span_after: Duration,
 }
 
 /// The connection's timers in one: asks for a ping (through `membership`) every
@@ -134,8 +137,11 @@ pub async fn watch(
     membership: &Membership,
     liveness: &Liveness,
     clock: Clock,
+    opened: impl FnOnce(),
 ) -> CloseReason {
     let started = Instant::now();
+    let mut opened = Some(opened);
+    let open_at = started + clock.open_span_after;
     let mut ping_at = started + clock.ping_interval;
     // After a ping: when it was sent (µs since the liveness origin) and when its pong is due.
     let mut awaiting: Option<(u64, Instant)> = None;
@@ -144,6 +150,11 @@ pub async fn watch(
     tokio::pin!(sleep);
     loop {
         let now = Instant::now();
+        if now >= open_at {
+            if let Some(opened) = opened.take() {
+                opened();
+            }
+        }
         match awaiting {
             Some((sent, due)) if now >= due => {
                 if liveness.last_pong_us.load(Relaxed) < sent {
@@ -178,7 +189,11 @@ pub async fn watch(
             now + (clock.idle_warn_after - idle)
         };
         let liveness_due = awaiting.map_or(ping_at, |(_, due)| due);
-        sleep.as_mut().reset(idle_due.min(liveness_due).into());
+        let mut due = idle_due.min(liveness_due);
+        if opened.is_some() {
+            due = due.min(open_at);
+        }
+        sleep.as_mut().reset(due.into());
         (&mut sleep).await;
     }
 }

@@ -33,6 +33,8 @@ pub struct SessionLimits {
     pub rate: RateLimit,
     /// The close code for `server_shutdown` (1001, or 1012 for a restart).
     pub shutdown_code: u16,
+    /// The `websocket.open` span is recorded once the connection has lasted this long.
+    pub open_span_after: Duration,
 }
 
 /// Messages written per flush, at most.
@@ -88,8 +90,10 @@ pub async fn run<S, R>(
             ping_timeout: limits.ping_timeout,
             idle_warn_after: limits.idle_warn_after,
             idle_close_after: limits.idle_close_after,
+            open_span_after: limits.open_span_after,
         };
-        let timers = policy::watch(&entry, &span, &membership, &liveness, clock);
+        let opened = || crate::monitor::guard::record_open(&span, &entry);
+        let timers = policy::watch(&entry, &span, &membership, &liveness, clock, opened);
         // In a fixed order (no random start per wake): a requested close first, then what the
         // client sent, what it is sent, and the timers. `read_done`: the read future finished
         // and must not be polled again.

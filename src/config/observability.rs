@@ -111,6 +111,8 @@ pub struct TelemetrySettings {
     pub shutdown_timeout_ms: u64,
     /// Spans waiting for export, at most; `OTEL_BSP_MAX_QUEUE_SIZE`, when set, wins.
     pub span_queue_size: usize,
+    /// A connection's `websocket.open` span is recorded once it has lasted this long (ms).
+    pub open_span_after_ms: u64,
 }
 
 impl Default for TelemetrySettings {
@@ -127,6 +129,7 @@ impl Default for TelemetrySettings {
             trace_url_template: "http://localhost:16686/trace/{trace_id}".into(),
             shutdown_timeout_ms: 5_000,
             span_queue_size: crate::telemetry::span_queue::DEFAULT_CAPACITY,
+            open_span_after_ms: 1_000,
         }
     }
 }

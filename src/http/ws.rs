@@ -138,7 +138,6 @@ async fn upgrade(
         // layer stamps an end time at every exit). What the session logs, it logs in that span.
         .on_upgrade(move |socket| async move {
             let _token = token;
-            guard.opened();
             let halves = socket.split();
             session::run(halves, guard, membership, outbound, limits).await;
         }))

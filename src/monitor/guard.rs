@@ -103,18 +103,7 @@ impl ConnectionGuard {
     /// Records that the connection is established: a short `websocket.open` span that ends at
     /// once, so the connection shows up in the trace UI within seconds, not when it ends.
     pub fn opened(&self) {
-        let open = tracing::info_span!(
-            target: "wsmon",
-            parent: &self.span,
-            "websocket.open",
-            otel.name = spans::OPEN,
-            connection.id = %self.entry.id(),
-            client.id = %self.entry.info().client_id,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
-        telemetry::spans::record_ids(&open);
-        open.in_scope(|| tracing::debug!(target: "wsmon", "connection open"));
+        record_open(&self.span, &self.entry);
     }
 
     /// Records how the connection ended; the last call before drop wins.
@@ -146,6 +135,24 @@ impl ConnectionGuard {
             },
         }
     }
+}
+
+/// Records a `websocket.open` span under `connection` (the connection span of `entry`), ended
+/// at once: what [`ConnectionGuard::opened`] does, for a task that holds the span and entry but
+/// not the guard.
+pub fn record_open(connection: &tracing::Span, entry: &ConnectionEntry) {
+    let open = tracing::info_span!(
+        target: "wsmon",
+        parent: connection,
+        "websocket.open",
+        otel.name = spans::OPEN,
+        connection.id = %entry.id(),
+        client.id = %entry.info().client_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    telemetry::spans::record_ids(&open);
+    open.in_scope(|| tracing::debug!(target: "wsmon", "connection open"));
 }
 
 /// Span fields are recorded as `i64`: tracing-opentelemetry turns `u64` into strings.

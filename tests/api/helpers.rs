@@ -53,6 +53,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.limits.max_connections_per_ip = 10_000;
     settings.limits.messages_per_second = 1_000_000.0;
     settings.limits.message_burst = 1_000_000;
+    // Tests look for a connection's open span at once; the delayed default has its own test.
+    settings.telemetry.open_span_after_ms = 0;
     configure(&mut settings);
     let app = Application::build(settings, wsmon::telemetry::metrics::build(None))
         .await
