@@ -136,7 +136,7 @@ pub async fn run<S, R>(
     drop(outbound);
     let outcome = finish(end, &mut sink, &mut stream, &limits).await;
     guard.set_outcome(outcome);
-    // The leave notice goes out inside the disconnect's cleanup span.
+    // The leave notice goes out inside the connection span, as its last work.
     guard.attach(membership);
     drop(guard);
 }
@@ -170,10 +170,10 @@ where
                 tokio::time::timeout(limits.close_timeout, sink.send(Message::Close(frame))).await,
                 Ok(Ok(()))
             );
-            // A lingering close: a client still sending when the server closes has unread data
-            // on its way; dropping the socket over it would reset the connection, and the
-            // client's kernel would throw the close frame away unread. Read and discard until
-            // the client answers (or hangs up), then close.
+            // A lingering close: a client still sending when the server closes has data on its
+            // way; closing a socket with unread input resets the connection, and the kernel
+            // discards whatever of the close frame is still unsent. Read and discard until the
+            // client answers (or hangs up), then close.
             let answered = if sent {
                 linger(stream, limits.close_timeout).await
             } else {
