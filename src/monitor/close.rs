@@ -94,7 +94,8 @@ impl CloseReason {
         self as usize
     }
 
-    /// Whether this is an orderly end: the close span's status is ERROR for every other reason.
+    /// Whether this is an orderly end: the connection span ends with status ERROR for every
+    /// other reason.
     pub fn is_normal(self) -> bool {
         matches!(
             self,

@@ -39,7 +39,7 @@ pub struct ConnectionGuard {
     outcome: Option<Outcome>,
     span: tracing::Span,
     /// Values whose drop is part of the cleanup (e.g. the chat membership and its leave
-    /// notice); dropped inside the cleanup span, before the registry release.
+    /// notice); dropped inside the connection span, before the registry release.
     attachments: Vec<Box<dyn Send>>,
 }
 
