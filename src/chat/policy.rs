@@ -177,7 +177,7 @@ pub async fn watch(
             if !warned {
                 warned = true;
                 span.in_scope(|| {
-                    tracing::info!(target: "wsmon", idle_s = idle.as_secs_f64(), "connection idle: warned");
+                    tracing::info!(target: "wsmon", span_event = true, idle_s = idle.as_secs_f64(), "connection idle: warned");
                 });
                 membership.send_own(
                     protocol::idle_warning(clock.idle_close_after.saturating_sub(idle)).into(),

@@ -254,7 +254,7 @@ where
                         metrics.messages_rate_limited.increment(1);
                         if notify {
                             span.in_scope(|| {
-                                tracing::info!(target: "wsmon", "rate limit exceeded: dropping messages");
+                                tracing::info!(target: "wsmon", span_event = true, "rate limit exceeded: dropping messages");
                             });
                             membership
                                 .send_own(protocol::rate_limited(limits.rate.per_second).into());
