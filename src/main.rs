@@ -55,6 +55,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    match wsmon::http::serve::raise_fd_limit() {
+        Ok((before, now, hard)) => {
+            tracing::info!(soft_before = before, soft = now, hard, "open-file limit");
+        }
+        Err(e) => tracing::warn!(error = %e, "open-file limit not raised"),
+    }
     let listen = settings.server.listen;
     let app = match Application::build(settings, telemetry.metrics.clone()).await {
         Ok(app) => app,

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,11 +23,12 @@ use crate::cluster::{self, Cluster};
 use crate::config::{parse_proxies, Settings};
 use crate::http::auth::Auth;
 use crate::http::origin::OriginPolicy;
+use crate::http::serve::{self, ServeLimits};
 use crate::http::ws::{self, ChatState};
 use crate::http::{monitoring_router, stats, Monitoring, MonitoringSettings, Node};
 use crate::monitor::limits::ConnectionLimiter;
 use crate::monitor::{sampler, CloseReason, Registry, RegistryOptions};
-use crate::telemetry::metrics::MetricsHandle;
+use crate::telemetry::metrics::{Metrics, MetricsHandle};
 
 /// A bound, ready-to-run server.
 pub struct Application {
@@ -43,6 +43,8 @@ pub struct Application {
     drain_delay: Duration,
     grace: Duration,
     cluster: Option<Cluster>,
+    serve_limits: ServeLimits,
+    metrics: Arc<Metrics>,
 }
 
 /// How often histogram buckets are drained in the Prometheus recorder (its upkeep).
@@ -132,6 +134,11 @@ impl Application {
             drain_delay: Duration::from_millis(settings.shutdown.drain_delay_ms),
             grace: settings.shutdown.grace(),
             cluster,
+            serve_limits: ServeLimits {
+                max_http_connections: settings.server.max_http_connections,
+                header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
+            },
+            metrics: metrics.metrics.clone(),
         })
     }
 
@@ -177,6 +184,8 @@ impl Application {
             drain_delay,
             grace,
             cluster,
+            serve_limits,
+            metrics,
         } = self;
         tokio::spawn(sampler::run(
             registry.clone(),
@@ -189,16 +198,14 @@ impl Application {
         tracing::info!("chat: connect a WebSocket client to ws://{addr}/ws/<client_id>");
 
         let http_stop = CancellationToken::new();
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        // Chat frames are small and latency-bound: no Nagle delay on any connection.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        let server = axum::serve(listener, service)
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned());
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(serve::serve(
+            listener,
+            router,
+            serve_limits,
+            metrics,
+            http_stop.clone(),
+            grace,
+        ));
 
         tokio::select! {
             () = stop => shutdown.cancel(),
@@ -232,14 +239,8 @@ impl Application {
             cluster.stop().await;
         }
         http_stop.cancel();
-        match tokio::time::timeout(grace, server).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(std::io::Error::other(join)),
-            Err(_) => {
-                tracing::warn!("HTTP connections still open at end of grace period");
-                Ok(())
-            }
-        }
+        // The loop itself waits at most `grace` for requests in progress.
+        server.await.map_err(std::io::Error::other)
     }
 }
 

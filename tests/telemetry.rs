@@ -541,7 +541,11 @@ async fn log_lines_inside_a_connection_carry_its_ids_and_trace_id() {
     // In the trace, the connection span holds the marked events only: the routine lines would
     // repeat its own start and end.
     let connection = wait_for_span(&id, "websocket.connection").await;
-    let events: Vec<_> = connection.events.iter().map(|e| e.name.to_string()).collect();
+    let events: Vec<_> = connection
+        .events
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect();
     assert_eq!(
         events,
         [

@@ -133,7 +133,15 @@ pub fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
 
 fn validate(s: &Settings) -> Result<(), (String, String)> {
     let l = &s.limits;
-    let positive: [(&str, u64); 24] = [
+    let positive: [(&str, u64); 26] = [
+        (
+            "server.max_http_connections",
+            s.server.max_http_connections as u64,
+        ),
+        (
+            "server.header_read_timeout_ms",
+            s.server.header_read_timeout_ms,
+        ),
         ("websocket.ping_interval_ms", s.websocket.ping_interval_ms),
         ("websocket.ping_timeout_ms", s.websocket.ping_timeout_ms),
         ("limits.idle_close_after_secs", l.idle_close_after_secs),

@@ -14,6 +14,11 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Peers (IPs or CIDR ranges) whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<String>,
+    /// Connections accepted and not upgraded to a WebSocket, at most.
+    pub max_http_connections: usize,
+    /// Longest wait for a whole request head, from the connection's start or the previous
+    /// response (ms); also the idle limit of a keep-alive connection.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ServerSettings {
@@ -21,6 +26,8 @@ impl Default for ServerSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             trusted_proxies: Vec::new(),
+            max_http_connections: 2_048,
+            header_read_timeout_ms: 10_000,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`metrics`]: `/metrics` (Prometheus text).
 //! - [`client_addr`]: client address resolution behind trusted proxies.
 //! - [`origin`]: the `Origin` allowlist for upgrades.
+//! - [`serve`]: the accept loop, with the bounds on connections that have not upgraded.
 //!
 //! [`monitoring_router`] bundles everything but the chat, for any axum application that
 //! registers its own WebSocket connections in a [`Registry`].
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod health;
 pub mod metrics;
 pub mod origin;
+pub mod serve;
 pub mod stats;
 pub mod ws;
 

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub backplane_latency: Histogram,
     pub backplane_up: Gauge,
     pub cluster_nodes: Gauge,
+    pub http_connections: Gauge,
+    pub http_header_timeouts: Counter,
+    pub accept_errors: Counter,
 }
 
 /// Why a chat message did not cross nodes.
@@ -188,6 +191,9 @@ impl Metrics {
             backplane_latency: histogram(names::BACKPLANE_LATENCY, &[]),
             backplane_up: gauge(names::BACKPLANE_UP),
             cluster_nodes: gauge(names::CLUSTER_NODES),
+            http_connections: gauge(names::HTTP_CONNECTIONS),
+            http_header_timeouts: counter(names::HTTP_HEADER_TIMEOUTS, &[]),
+            accept_errors: counter(names::ACCEPT_ERRORS, &[]),
         }
     }
 

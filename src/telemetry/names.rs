@@ -79,6 +79,9 @@ pub const BACKPLANE_ERRORS: &str = "websocket.server.backplane.errors";
 pub const BACKPLANE_LATENCY: &str = "websocket.server.backplane.latency";
 pub const BACKPLANE_UP: &str = "websocket.server.backplane.up";
 pub const CLUSTER_NODES: &str = "websocket.server.cluster.nodes";
+pub const HTTP_CONNECTIONS: &str = "websocket.server.http.connections";
+pub const HTTP_HEADER_TIMEOUTS: &str = "websocket.server.http.header_timeouts";
+pub const ACCEPT_ERRORS: &str = "websocket.server.accept.errors";
 
 /// Label keys.
 pub const CLOSE_REASON: &str = "close.reason";
@@ -310,6 +313,39 @@ pub const METRICS: &[MetricDef] = &[
         labels: &[],
         buckets: &[],
         description: "Nodes in the cluster view with a live presence key, this one included.",
+    },
+    MetricDef {
+        name: HTTP_CONNECTIONS,
+        prometheus: "websocket_server_http_connections",
+        kind: Kind::Gauge,
+        unit: Unit::Count,
+        otel_unit: "{connection}",
+        labels: &[],
+        buckets: &[],
+        description: "TCP connections accepted and not upgraded to a WebSocket: requests in \
+                      progress and idle keep-alive (at most server.max_http_connections).",
+    },
+    MetricDef {
+        name: HTTP_HEADER_TIMEOUTS,
+        prometheus: "websocket_server_http_header_timeouts_total",
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        otel_unit: "{connection}",
+        labels: &[],
+        buckets: &[],
+        description: "Connections closed because a request head did not arrive within \
+                      server.header_read_timeout_ms (slow or idle clients).",
+    },
+    MetricDef {
+        name: ACCEPT_ERRORS,
+        prometheus: "websocket_server_accept_errors_total",
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        otel_unit: "{error}",
+        labels: &[],
+        buckets: &[],
+        description: "Failed accept calls (e.g. out of file descriptors); the server backs off \
+                      and retries.",
     },
 ];
 

@@ -16,5 +16,6 @@ mod lifecycle;
 mod metrics;
 mod parsing;
 mod policies;
+mod slow_http;
 mod stats;
 mod storm;
