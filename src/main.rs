@@ -70,8 +70,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let deadline = app.deadline();
     let served = app.run_until_stopped(shutdown::signal()).await;
-    telemetry.shutdown().await;
+    telemetry.shutdown_within(deadline.left()).await;
+    tracing::info!(
+        left_ms = deadline.left().as_millis() as u64,
+        deadline_ms = deadline.total().as_millis() as u64,
+        "stopped"
+    );
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

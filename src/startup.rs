@@ -28,6 +28,7 @@ use crate::http::ws::{self, ChatState};
 use crate::http::{monitoring_router, stats, Monitoring, MonitoringSettings, Node};
 use crate::monitor::limits::ConnectionLimiter;
 use crate::monitor::{sampler, CloseReason, Registry, RegistryOptions};
+use crate::shutdown::Deadline;
 use crate::telemetry::metrics::{Metrics, MetricsHandle};
 
 /// A bound, ready-to-run server.
@@ -45,6 +46,7 @@ pub struct Application {
     cluster: Option<Cluster>,
     serve_limits: ServeLimits,
     metrics: Arc<Metrics>,
+    deadline: Deadline,
 }
 
 /// How often histogram buckets are drained in the Prometheus recorder (its upkeep).
@@ -139,6 +141,10 @@ impl Application {
                 header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
             },
             metrics: metrics.metrics.clone(),
+            deadline: Deadline::new(
+                Duration::from_millis(settings.shutdown.deadline_ms),
+                Duration::from_millis(settings.telemetry.shutdown_timeout_ms),
+            ),
         })
     }
 
@@ -160,6 +166,12 @@ impl Application {
     /// The tracker of live sessions (empty once every connection task has ended).
     pub fn sessions(&self) -> TaskTracker {
         self.sessions.clone()
+    }
+
+    /// The shutdown deadline; it starts when the stop signal arrives, and the telemetry flush
+    /// after [`Self::run_until_stopped`] gets what is left of it.
+    pub fn deadline(&self) -> Deadline {
+        self.deadline.clone()
     }
 
     /// Cancelling this token begins shutdown (as the stop signal does).
@@ -186,6 +198,7 @@ impl Application {
             cluster,
             serve_limits,
             metrics,
+            deadline,
         } = self;
         tokio::spawn(sampler::run(
             registry.clone(),
@@ -205,21 +218,26 @@ impl Application {
             metrics,
             http_stop.clone(),
             grace,
+            deadline.clone(),
         ));
 
         tokio::select! {
             () = stop => shutdown.cancel(),
             () = shutdown.cancelled() => {}
         }
+        deadline.start();
         // Unready first (load balancers stop routing here), then close the connections.
+        let drain_delay = deadline.phase(drain_delay);
         tracing::info!(
             drain_delay_ms = drain_delay.as_millis() as u64,
+            deadline_ms = deadline.total().as_millis() as u64,
             "not ready: refusing new connections"
         );
         tokio::time::sleep(drain_delay).await;
         registry.close_all(CloseReason::ServerShutdown);
         sessions.close();
         let active = registry.active();
+        let grace = deadline.phase(grace);
         tracing::info!(
             connections = active,
             grace_ms = grace.as_millis() as u64,
@@ -236,7 +254,10 @@ impl Application {
         }
         if let Some(cluster) = cluster {
             // After the drain, so the leave notices of this node's clients reach the others.
-            cluster.stop().await;
+            let left = deadline.phase(Duration::MAX);
+            if tokio::time::timeout(left, cluster.stop()).await.is_err() {
+                tracing::warn!("left the cluster without waiting for it: shutdown deadline");
+            }
         }
         http_stop.cancel();
         // The loop itself waits at most `grace` for requests in progress.

@@ -202,3 +202,47 @@ async fn export_resumes_by_itself_when_the_collector_returns() {
     assert!(received.load(Ordering::Relaxed) >= 1);
     sigterm_and_wait(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_clients_and_a_black_hole_collector_exits_within_the_deadline() {
+    // Accepts connections and never reads or answers: the final flush would wait its own 5 s.
+    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", hole.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in hole.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    const DEADLINE: Duration = Duration::from_millis(2_500);
+    let env = |k: &'static str, v: &str| (k, v.to_owned());
+    let server = process::start(&[
+        env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        env("OTEL_EXPORTER_OTLP_TIMEOUT", "10000"),
+        env("WSMON_TELEMETRY__SHUTDOWN_TIMEOUT_MS", "5000"),
+        env("WSMON_SHUTDOWN__GRACE_MS", "10000"),
+        env(
+            "WSMON_SHUTDOWN__DEADLINE_MS",
+            &DEADLINE.as_millis().to_string(),
+        ),
+        env("WSMON_LIMITS__MESSAGES_PER_SECOND", "1000000"),
+        env("WSMON_LIMITS__MESSAGE_BURST", "1000000"),
+    ]);
+    // Clients that never read: their closing handshakes take the whole close timeout.
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let url = format!("ws://{}/ws/stuck{i}", server.addr);
+        clients.push(tokio_tungstenite::connect_async(url).await.unwrap().0);
+    }
+    chat(server.addr, 2, 50).await; // spans and metrics waiting for the black hole
+    let took = tokio::task::spawn_blocking(move || sigterm_and_wait(server))
+        .await
+        .unwrap();
+    // A margin for process start-up of the signal handling and exit, not a speed claim.
+    assert!(
+        took < DEADLINE + Duration::from_millis(1_500),
+        "exited {took:?} after SIGTERM; deadline {DEADLINE:?}"
+    );
+    drop(clients);
+}

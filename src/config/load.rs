@@ -133,7 +133,8 @@ pub fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
 
 fn validate(s: &Settings) -> Result<(), (String, String)> {
     let l = &s.limits;
-    let positive: [(&str, u64); 26] = [
+    let positive: [(&str, u64); 27] = [
+        ("shutdown.deadline_ms", s.shutdown.deadline_ms),
         (
             "server.max_http_connections",
             s.server.max_http_connections as u64,

@@ -188,6 +188,8 @@ pub struct ShutdownSettings {
     pub drain_delay_ms: u64,
     /// Close code clients receive: `going_away` (1001) or `restart` (1012).
     pub close_code: ShutdownCode,
+    /// The whole shutdown, from the signal to exit, telemetry flush included (ms).
+    pub deadline_ms: u64,
 }
 
 impl Default for ShutdownSettings {
@@ -196,6 +198,7 @@ impl Default for ShutdownSettings {
             grace_ms: 10_000,
             drain_delay_ms: 0,
             close_code: ShutdownCode::GoingAway,
+            deadline_ms: 25_000,
         }
     }
 }

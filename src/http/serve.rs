@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use crate::shutdown::Deadline;
 use crate::telemetry::export::FailureLog;
 use crate::telemetry::metrics::Metrics;
 
@@ -47,8 +48,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Serves `router` on `listener` until `stop` is cancelled, then lets requests in progress
-/// finish for up to `grace` (upgraded WebSockets are not this loop's: the session drain owns
-/// them).
+/// finish for up to `grace`, within what is left of `deadline` (upgraded WebSockets are not
+/// this loop's: the session drain owns them).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -56,6 +57,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
     grace: Duration,
+    deadline: Deadline,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_http_connections.max(1)));
     let connections = TaskTracker::new();
@@ -131,7 +133,7 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(grace, connections.wait())
+    if tokio::time::timeout(deadline.phase(grace), connections.wait())
         .await
         .is_err()
     {

@@ -200,10 +200,17 @@ impl Telemetry {
     /// on its own OS thread (the SDK's shutdown blocks, and must not block the runtime); if the
     /// collector never answers, that thread is abandoned and the process exits anyway.
     pub async fn shutdown(self) {
+        let within = self.shutdown_timeout;
+        self.shutdown_within(within).await;
+    }
+
+    /// [`Self::shutdown`], waiting at most `within` (what is left of the shutdown deadline) or
+    /// `telemetry.shutdown_timeout_ms`, whichever is shorter.
+    pub async fn shutdown_within(self, within: Duration) {
         if self.tracer_provider.is_none() && self.meter_provider.is_none() {
             return;
         }
-        let timeout = self.shutdown_timeout;
+        let timeout = self.shutdown_timeout.min(within);
         let (done, finished) = tokio::sync::oneshot::channel();
         let (tracer, meter) = (self.tracer_provider, self.meter_provider);
         std::thread::spawn(move || {
