@@ -264,6 +264,57 @@ async fn by_default_only_a_connection_that_lasts_gets_an_open_span() {
     assert_eq!(attr_str(&open, "client.id"), "lasting-open");
 }
 
+#[tokio::test]
+async fn monitoring_requests_are_spans_with_route_template_method_and_status_never_the_query() {
+    captured();
+    let app = spawn_app().await;
+    let _c = app.connect("spanned").await;
+    let id = connection_id_of(&app, "spanned").await;
+    let url = app.url(&format!("/api/v1/connections/{id}"));
+    assert_eq!(app.http.get(url).send().await.unwrap().status(), 200);
+    let url = app.url("/api/v1/connections?client_id=secret-in-query");
+    assert_eq!(app.http.get(url).send().await.unwrap().status(), 200);
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+
+    for route in ["/api/v1/connections/{connection_id}", "/api/v1/connections"] {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        let span = loop {
+            let found = captured()
+                .spans
+                .get_finished_spans()
+                .unwrap()
+                .into_iter()
+                .find(|s| s.name == format!("GET {route}") && attr_str(s, "http.route") == route);
+            if let Some(s) = found {
+                break s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no span for {route}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(attr_str(&span, "http.request.method"), "GET");
+        assert_eq!(attr_i64(&span, "http.response.status_code"), Some(200));
+        for kv in &span.attributes {
+            let v = kv.value.as_str();
+            assert!(
+                !v.contains("secret-in-query") && !v.contains(&id),
+                "{kv:?}: no query string, no raw path"
+            );
+        }
+    }
+    let scrapes = captured()
+        .spans
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == "GET /metrics")
+        .count();
+    assert_eq!(scrapes, 0, "/metrics is not traced");
+}
+
 fn normal_close() -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
     tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,

@@ -10,6 +10,7 @@
 //! - [`metrics`]: `/metrics` (Prometheus text).
 //! - [`client_addr`]: client address resolution behind trusted proxies.
 //! - [`origin`]: the `Origin` allowlist for upgrades.
+//! - [`observe`]: a span and a duration for every monitoring request.
 //! - [`serve`]: the accept loop, with the bounds on connections that have not upgraded.
 //!
 //! [`monitoring_router`] bundles everything but the chat, for any axum application that
@@ -21,6 +22,7 @@ pub mod client_addr;
 pub mod cluster;
 pub mod health;
 pub mod metrics;
+pub mod observe;
 pub mod origin;
 pub mod serve;
 pub mod stats;
@@ -135,6 +137,7 @@ impl Monitoring {
 /// `Cache-Control: no-store`.
 pub fn monitoring_router(monitoring: Monitoring) -> Router {
     let auth = monitoring.auth.clone();
+    let metrics = monitoring.registry.metrics().clone();
     let router = Router::new()
         .merge(stats::routes())
         .merge(cluster::routes())
@@ -154,5 +157,10 @@ pub fn monitoring_router(monitoring: Monitoring) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
+        ))
+        // Outermost, so refused requests (401, 429) are observed too.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            observe::observe,
         ))
 }

@@ -4,9 +4,12 @@
 //! Recorded through the `metrics` facade into one recorder per application: Prometheus text for
 //! `/metrics` always, fanned out to the OpenTelemetry bridge when OTLP metrics are on.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics::{
+    Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -68,6 +71,71 @@ pub struct Metrics {
     pub http_connections: Gauge,
     pub http_header_timeouts: Counter,
     pub accept_errors: Counter,
+    /// `http.server.request.duration`, one histogram per route, method and status.
+    pub requests: RequestDurations,
+}
+
+/// Methods kept as label values; any other is `_OTHER` (OpenTelemetry's convention).
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// Route template, method label, status code.
+type RequestKey = (String, &'static str, u16);
+
+/// Request-duration histograms, registered on first use per (route template, method, status):
+/// a bounded set (the routes are the router's templates, methods the nine standard ones plus
+/// `_OTHER`, statuses 100-599).
+pub struct RequestDurations {
+    /// Where a new histogram is registered: Prometheus, and the OpenTelemetry bridge when
+    /// exporting (each gets its own handle).
+    recorders: Vec<Arc<dyn Recorder + Send + Sync>>,
+    /// A std mutex: held for a map lookup, never across an await.
+    cache: Mutex<HashMap<RequestKey, Vec<Histogram>>>,
+}
+
+impl RequestDurations {
+    fn new(recorders: Vec<Arc<dyn Recorder + Send + Sync>>) -> Self {
+        Self {
+            recorders,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The label value for `method`.
+    pub fn method_label(method: &str) -> &'static str {
+        METHODS
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("_OTHER")
+    }
+
+    /// Records one request to `route` (a template, never a raw path).
+    pub fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        if self.recorders.is_empty() {
+            return;
+        }
+        let method = Self::method_label(method);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (route.to_owned(), method, status);
+        let handles = cache.entry(key).or_insert_with(|| {
+            let labels = vec![
+                Label::new(names::HTTP_ROUTE, route.to_owned()),
+                Label::new(names::HTTP_METHOD, method),
+                Label::new(names::HTTP_STATUS, status.to_string()),
+            ];
+            let key = Key::from_parts(names::HTTP_REQUEST_DURATION, labels);
+            let meta = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+            self.recorders
+                .iter()
+                .map(|r| r.register_histogram(&key, &meta))
+                .collect()
+        });
+        for h in handles.iter() {
+            h.record(seconds);
+        }
+    }
 }
 
 /// Why a chat message did not cross nodes.
@@ -94,6 +162,30 @@ pub enum BackplaneOp {
 pub struct MetricsHandle {
     pub metrics: Arc<Metrics>,
     pub prometheus: PrometheusHandle,
+}
+
+/// A shared recorder, so the same one can feed the fan-out and later registrations.
+struct Shared(Arc<dyn Recorder + Send + Sync>);
+
+impl Recorder for Shared {
+    fn describe_counter(&self, key: metrics::KeyName, unit: Option<Unit>, text: SharedString) {
+        self.0.describe_counter(key, unit, text);
+    }
+    fn describe_gauge(&self, key: metrics::KeyName, unit: Option<Unit>, text: SharedString) {
+        self.0.describe_gauge(key, unit, text);
+    }
+    fn describe_histogram(&self, key: metrics::KeyName, unit: Option<Unit>, text: SharedString) {
+        self.0.describe_histogram(key, unit, text);
+    }
+    fn register_counter(&self, key: &Key, meta: &Metadata<'_>) -> Counter {
+        self.0.register_counter(key, meta)
+    }
+    fn register_gauge(&self, key: &Key, meta: &Metadata<'_>) -> Gauge {
+        self.0.register_gauge(key, meta)
+    }
+    fn register_histogram(&self, key: &Key, meta: &Metadata<'_>) -> Histogram {
+        self.0.register_histogram(key, meta)
+    }
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
@@ -194,6 +286,7 @@ impl Metrics {
             http_connections: gauge(names::HTTP_CONNECTIONS),
             http_header_timeouts: counter(names::HTTP_HEADER_TIMEOUTS, &[]),
             accept_errors: counter(names::ACCEPT_ERRORS, &[]),
+            requests: RequestDurations::new(Vec::new()),
         }
     }
 
@@ -229,17 +322,22 @@ pub fn build(meter_provider: Option<&SdkMeterProvider>) -> MetricsHandle {
     }
     let prometheus = builder.build_recorder();
     let handle = prometheus.handle();
-    let metrics = match meter_provider {
-        None => Metrics::register(&prometheus),
+    let prometheus: Arc<dyn Recorder + Send + Sync> = Arc::new(prometheus);
+    let mut recorders = vec![prometheus.clone()];
+    let mut metrics = match meter_provider {
+        None => Metrics::register(prometheus.as_ref()),
         Some(provider) => {
-            let bridge = OtelBridge::new(provider.meter("wsmon"));
+            let bridge: Arc<dyn Recorder + Send + Sync> =
+                Arc::new(OtelBridge::new(provider.meter("wsmon")));
+            recorders.push(bridge.clone());
             let fanout = metrics_util::layers::FanoutBuilder::default()
-                .add_recorder(prometheus)
-                .add_recorder(bridge)
+                .add_recorder(Shared(prometheus))
+                .add_recorder(Shared(bridge))
                 .build();
             Metrics::register(&fanout)
         }
     };
+    metrics.requests = RequestDurations::new(recorders);
     MetricsHandle {
         metrics: Arc::new(metrics),
         prometheus: handle,

@@ -55,6 +55,10 @@ pub const FANOUT_BUCKETS: &[f64] = &[
 pub const BACKPLANE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+/// HTTP request duration buckets: OpenTelemetry's recommendation, 5 ms to 10 s.
+pub const HTTP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
 /// Message size buckets: 16 B to 64 KiB (the default size limit).
 pub const SIZE_BUCKETS: &[f64] = &[16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
 
@@ -82,6 +86,8 @@ pub const CLUSTER_NODES: &str = "websocket.server.cluster.nodes";
 pub const HTTP_CONNECTIONS: &str = "websocket.server.http.connections";
 pub const HTTP_HEADER_TIMEOUTS: &str = "websocket.server.http.header_timeouts";
 pub const ACCEPT_ERRORS: &str = "websocket.server.accept.errors";
+/// OpenTelemetry's HTTP server semantic convention, for the API and dashboard requests.
+pub const HTTP_REQUEST_DURATION: &str = "http.server.request.duration";
 
 /// Label keys.
 pub const CLOSE_REASON: &str = "close.reason";
@@ -93,6 +99,9 @@ pub const SIGNAL: &str = "signal";
 pub const OUTCOME: &str = "outcome";
 pub const DROP_REASON: &str = "reason";
 pub const OPERATION: &str = "operation";
+pub const HTTP_ROUTE: &str = "http.route";
+pub const HTTP_METHOD: &str = "http.request.method";
+pub const HTTP_STATUS: &str = "http.response.status_code";
 
 /// Every metric wsmon records.
 pub const METRICS: &[MetricDef] = &[
@@ -347,6 +356,17 @@ pub const METRICS: &[MetricDef] = &[
         description: "Failed accept calls (e.g. out of file descriptors); the server backs off \
                       and retries.",
     },
+    MetricDef {
+        name: HTTP_REQUEST_DURATION,
+        prometheus: "http_server_request_duration_seconds",
+        kind: Kind::Histogram,
+        unit: Unit::Seconds,
+        otel_unit: "s",
+        labels: &[HTTP_ROUTE, HTTP_METHOD, HTTP_STATUS],
+        buckets: HTTP_BUCKETS,
+        description: "Duration of API, dashboard and /metrics requests, by route template, \
+                      method and status (the /admin/events stream is not counted).",
+    },
 ];
 
 /// The definition of `name`, if it is one of wsmon's.
@@ -361,6 +381,8 @@ pub mod spans {
     pub const CONNECTION: &str = "websocket.connection";
     /// Short span ended right after the upgrade, so a live connection shows up in seconds.
     pub const OPEN: &str = "websocket.open";
+    /// One API or dashboard request (not `/metrics`, not the `/admin/events` stream).
+    pub const HTTP_REQUEST: &str = "http.server.request";
     /// One inbound message (sampled; its own trace, linked to the connection).
     pub const MESSAGE: &str = "websocket.message";
     /// A chat message handed to Redis (child of the message span).

@@ -39,7 +39,17 @@ pub(crate) fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64
 #[tokio::test]
 async fn every_documented_series_is_exported_with_its_type_and_labels() {
     let app = spawn_app().await;
+    // The request-duration histogram has a series per route, method and status once requested.
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200);
     let scrape = scrape(&app).await;
+    let healthz = scrape.samples.iter().find(|s| {
+        s.metric == "http_server_request_duration_seconds"
+            && s.labels.get("http_route") == Some("/healthz")
+            && s.labels.get("http_request_method") == Some("GET")
+            && s.labels.get("http_response_status_code") == Some("200")
+    });
+    assert!(healthz.is_some(), "the /healthz request is timed");
     for def in METRICS {
         let samples: Vec<_> = scrape
             .samples
