@@ -861,10 +861,9 @@ async fn vanish_all(server: &process::Server, clients: Vec<Ws>) {
         }
         drop(ws);
     }
-    let stats_url = format!("http://{}/ws-stats", server.addr);
+    // Polled through /metrics, which is not traced: the storm's spans are its disconnects alone.
     eventually("every storm client released", || async {
-        let stats: Value = reqwest::get(&stats_url).await.ok()?.json().await.ok()?;
-        (stats["global_stats"]["active_connections"] == 0).then_some(())
+        (scraped(server, "websocket_server_active_connections").await == 0.0).then_some(())
     })
     .await;
 }
