@@ -40,6 +40,11 @@ impl Drop for Server {
 
 /// Starts wsmon on a free loopback port with JSON logs and `env` on top.
 pub fn start(env: &[(&str, String)]) -> Server {
+    start_with(env, |_| {})
+}
+
+/// [`start`], with `configure` applied to the command last (e.g. resource limits).
+pub fn start_with(env: &[(&str, String)], configure: impl FnOnce(&mut Command)) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsmon"));
     for (k, _) in
         std::env::vars().filter(|(k, _)| k.starts_with("WSMON_") || k.starts_with("OTEL_"))
@@ -55,6 +60,7 @@ pub fn start(env: &[(&str, String)]) -> Server {
     for (k, v) in env {
         cmd.env(k, v);
     }
+    configure(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let addr = loop {
