@@ -3,6 +3,7 @@
 //! a hard open-file limit of 64 that it cannot raise.
 
 #[path = "support/process.rs"]
+#[allow(dead_code)]
 mod process;
 
 use std::io::{Read, Write};
