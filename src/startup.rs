@@ -29,7 +29,7 @@ use crate::http::{monitoring_router, stats, Monitoring, MonitoringSettings, Node
 use crate::monitor::limits::ConnectionLimiter;
 use crate::monitor::{sampler, CloseReason, Registry, RegistryOptions};
 use crate::shutdown::Deadline;
-use crate::telemetry::metrics::{Metrics, MetricsHandle};
+use crate::telemetry::metrics::MetricsHandle;
 
 /// A bound, ready-to-run server.
 pub struct Application {
@@ -45,7 +45,7 @@ pub struct Application {
     grace: Duration,
     cluster: Option<Cluster>,
     serve_limits: ServeLimits,
-    metrics: Arc<Metrics>,
+    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     deadline: Deadline,
 }
 
@@ -75,14 +75,16 @@ impl Application {
         });
         let shutdown = CancellationToken::new();
         let sessions = TaskTracker::new();
-        let trusted_proxies = parse_proxies(&settings.server.trusted_proxies)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let trusted_proxies = Arc::new(
+            parse_proxies(&settings.server.trusted_proxies)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        );
         let hub = Hub::new(metrics.metrics.clone());
         let chat = ChatState {
             registry: registry.clone(),
             hub: hub.clone(),
             websocket: Arc::new(settings.websocket.clone()),
-            trusted_proxies: Arc::new(trusted_proxies),
+            trusted_proxies: trusted_proxies.clone(),
             shutdown: shutdown.clone(),
             sessions: sessions.clone(),
             session: session_limits(&settings),
@@ -139,8 +141,9 @@ impl Application {
             serve_limits: ServeLimits {
                 max_http_connections: settings.server.max_http_connections,
                 header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
+                max_http_connections_per_ip: settings.server.max_http_connections_per_ip,
             },
-            metrics: metrics.metrics.clone(),
+            trusted_proxies,
             deadline: Deadline::new(
                 Duration::from_millis(settings.shutdown.deadline_ms),
                 Duration::from_millis(settings.telemetry.shutdown_timeout_ms),
@@ -197,7 +200,7 @@ impl Application {
             grace,
             cluster,
             serve_limits,
-            metrics,
+            trusted_proxies,
             deadline,
         } = self;
         tokio::spawn(sampler::run(
@@ -215,7 +218,8 @@ impl Application {
             listener,
             router,
             serve_limits,
-            metrics,
+            registry.clone(),
+            trusted_proxies,
             http_stop.clone(),
             grace,
             deadline.clone(),

@@ -133,7 +133,11 @@ pub fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
 
 fn validate(s: &Settings) -> Result<(), (String, String)> {
     let l = &s.limits;
-    let positive: [(&str, u64); 27] = [
+    let positive: [(&str, u64); 28] = [
+        (
+            "server.max_http_connections_per_ip",
+            s.server.max_http_connections_per_ip as u64,
+        ),
         ("shutdown.deadline_ms", s.shutdown.deadline_ms),
         (
             "server.max_http_connections",

@@ -16,6 +16,8 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<String>,
     /// Connections accepted and not upgraded to a WebSocket, at most.
     pub max_http_connections: usize,
+    /// ... and from one address (trusted proxies exempt).
+    pub max_http_connections_per_ip: usize,
     /// Longest wait for a whole request head, from the connection's start or the previous
     /// response (ms); also the idle limit of a keep-alive connection.
     pub header_read_timeout_ms: u64,
@@ -27,6 +29,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             trusted_proxies: Vec::new(),
             max_http_connections: 2_048,
+            max_http_connections_per_ip: 256,
             header_read_timeout_ms: 10_000,
         }
     }

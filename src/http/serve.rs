@@ -9,13 +9,16 @@
 //! - a request head must arrive within `server.header_read_timeout_ms`, counted from the
 //!   connection's start or the previous response (hyper's header-read timeout), which also
 //!   bounds an idle keep-alive connection;
+//! - at most `server.max_http_connections_per_ip` of them from one address (trusted proxies
+//!   exempt): beyond it the connection is answered 429 at once and closed, so one source cannot
+//!   fill the global cap;
 //! - a failing `accept` (out of file descriptors, most often) is counted and backed off, and the
 //!   loop recovers by itself once descriptors are free again.
 //!
 //! Cut connections and accept failures are counted and logged at most every 30 s with a count.
 //! An upgraded connection leaves the cap: from then on `limits.max_connections` bounds it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,15 +27,16 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use crate::monitor::{Registry, RejectReason};
 use crate::shutdown::Deadline;
 use crate::telemetry::export::FailureLog;
-use crate::telemetry::metrics::Metrics;
 
 /// Bounds on connections before they upgrade.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +45,44 @@ pub struct ServeLimits {
     pub max_http_connections: usize,
     /// Longest wait for a whole request head.
     pub header_read_timeout: Duration,
+    /// Connections not upgraded from one address, at most (trusted proxies are exempt).
+    pub max_http_connections_per_ip: usize,
 }
+
+/// Connections not yet upgraded, per peer address. Entries leave with their last connection,
+/// so the map holds at most `max_http_connections` addresses.
+#[derive(Default)]
+struct PerPeer(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+impl PerPeer {
+    /// Counts a connection from `ip` unless it already has `limit`.
+    fn try_add(&self, ip: IpAddr, limit: usize) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn remove(&self, ip: IpAddr) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The body of the answer to an address over its cap (the shape of every refusal's body).
+const TOO_MANY_BODY: &str =
+    r#"{"error":"per_ip_http_limit","message":"too many open connections from this address"}"#;
 
 /// Wait after a failed `accept` before trying again; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
@@ -50,15 +91,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Serves `router` on `listener` until `stop` is cancelled, then lets requests in progress
 /// finish for up to `grace`, within what is left of `deadline` (upgraded WebSockets are not
 /// this loop's: the session drain owns them).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
-    metrics: Arc<Metrics>,
+    registry: Registry,
+    trusted_proxies: Arc<Vec<IpNet>>,
     stop: CancellationToken,
     grace: Duration,
     deadline: Deadline,
 ) {
+    let metrics = registry.metrics().clone();
+    let per_peer = Arc::new(PerPeer::default());
     let permits = Arc::new(Semaphore::new(limits.max_http_connections.max(1)));
     let connections = TaskTracker::new();
     let mut builder = http1::Builder::new();
@@ -100,6 +145,13 @@ pub async fn serve(
                 continue;
             }
         };
+        let ip = peer.ip();
+        let exempt = trusted_proxies.iter().any(|net| net.contains(&ip));
+        if !exempt && !per_peer.try_add(ip, limits.max_http_connections_per_ip) {
+            registry.record_rejection(RejectReason::PerIpHttpLimit);
+            tokio::spawn(refuse(tcp));
+            continue;
+        }
         // Chat frames are small and latency-bound: no Nagle delay.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
@@ -110,6 +162,7 @@ pub async fn serve(
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
         let (metrics, timeouts, stop) = (metrics.clone(), timeouts.clone(), stop.clone());
+        let per_peer = (!exempt).then(|| per_peer.clone());
         connections.spawn(async move {
             tokio::pin!(conn);
             let served = tokio::select! {
@@ -126,8 +179,11 @@ pub async fn serve(
                     timeouts.failed(&e);
                 }
             }
-            // Ended, or upgraded: either way it leaves the cap.
+            // Ended, or upgraded: either way it leaves the caps.
             metrics.http_connections.decrement(1.0);
+            if let Some(per_peer) = per_peer {
+                per_peer.remove(ip);
+            }
             drop(permit);
         });
     }
@@ -139,6 +195,21 @@ pub async fn serve(
     {
         tracing::warn!("HTTP connections still open at end of grace period");
     }
+}
+
+/// Answers 429 and closes, without reading a request (bounded: one small write, 1 s at most).
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 10\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{TOO_MANY_BODY}",
+        TOO_MANY_BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await
+    })
+    .await;
 }
 
 /// The router as a hyper service for one connection from `peer` (what `ConnectInfo` reads).

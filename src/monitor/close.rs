@@ -170,6 +170,9 @@ reject_reasons! {
     GlobalLimit = "global_limit", 503;
     /// The server is shutting down.
     ShuttingDown = "shutting_down", 503;
+    /// One address already holds `server.max_http_connections_per_ip` connections that have
+    /// not upgraded (answered before any request is read).
+    PerIpHttpLimit = "per_ip_http_limit", 429;
 }
 
 impl RejectReason {

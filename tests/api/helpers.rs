@@ -51,6 +51,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     // Every test client comes from 127.0.0.1, and many tests chat faster than a person would:
     // tests of the per-address cap and of the rate limit set their own values.
     settings.limits.max_connections_per_ip = 10_000;
+    settings.server.max_http_connections_per_ip = 100_000;
     settings.limits.messages_per_second = 1_000_000.0;
     settings.limits.message_burst = 1_000_000;
     // Tests look for a connection's open span at once; the delayed default has its own test.

@@ -134,3 +134,41 @@ async fn beyond_the_cap_new_connections_wait_and_upgraded_clients_keep_chatting(
         "it waited for a slot ({waited:?})"
     );
 }
+
+#[tokio::test]
+async fn one_address_cannot_hold_more_than_its_share_of_unupgraded_connections() {
+    let app = spawn_app_with(|s| {
+        s.server.header_read_timeout_ms = 5_000;
+        s.server.max_http_connections_per_ip = 5;
+    })
+    .await;
+    let held = open(&app, 5, HALF_HEAD, false).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The sixth from 127.0.0.1 is answered 429 at once, before any request is read...
+    let mut sixth = TcpStream::connect(app.addr).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(RECV_TIMEOUT, sixth.read_to_string(&mut answer))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"per_ip_http_limit""#),
+        "{answer}"
+    );
+    // ...while another address is served.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(app.addr).await.unwrap();
+    other.write_all(HEALTHZ).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(RECV_TIMEOUT, other.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = app.stats().await;
+    assert_eq!(stats["global_stats"]["rejections"]["per_ip_http_limit"], 1);
+}
