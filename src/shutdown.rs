@@ -1,4 +1,4 @@
-//! Shutdown signals. `axum::serve`'s graceful shutdown does not cover upgraded WebSockets
+//! Shutdown signals. An HTTP server's graceful shutdown does not cover upgraded WebSockets
 //! (axum issue #3003), so the application asks every registered connection to close
 //! (`Registry::close_all`) and waits for the sessions on a `TaskTracker`, bounded by
 //! `shutdown.grace_ms`, all of it within one [`Deadline`].
