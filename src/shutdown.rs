@@ -3,6 +3,9 @@
 //! (`Registry::close_all`) and waits for the sessions on a `TaskTracker`, bounded by
 //! `shutdown.grace_ms`, all of it within one [`Deadline`].
 
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn signal() {
     let ctrl_c = async {
@@ -34,15 +37,15 @@ pub async fn signal() {
 /// it. Cheap to clone; the first [`Deadline::start`] fixes it.
 #[derive(Debug, Clone)]
 pub struct Deadline {
-    at: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>,
-    total: std::time::Duration,
-    reserve: std::time::Duration,
+    at: Arc<OnceLock<Instant>>,
+    total: Duration,
+    reserve: Duration,
 }
 
 impl Deadline {
     /// A deadline of `total` from its start, keeping `flush` (at most half of it) for the last
     /// phase.
-    pub fn new(total: std::time::Duration, flush: std::time::Duration) -> Self {
+    pub fn new(total: Duration, flush: Duration) -> Self {
         Self {
             at: Default::default(),
             total,
@@ -52,39 +55,35 @@ impl Deadline {
 
     /// Starts the clock (the stop signal arrived); later calls change nothing.
     pub fn start(&self) {
-        let _ = self
-            .at
-            .get_or_init(|| std::time::Instant::now() + self.total);
+        let _ = self.at.get_or_init(|| Instant::now() + self.total);
     }
 
     /// Time left until the deadline (all of it before the start).
-    pub fn left(&self) -> std::time::Duration {
+    pub fn left(&self) -> Duration {
         self.at.get().map_or(self.total, |at| {
-            at.saturating_duration_since(std::time::Instant::now())
+            at.saturating_duration_since(Instant::now())
         })
     }
 
     /// What a phase that wants `limit` may take, keeping the flush's reserve.
-    pub fn phase(&self, limit: std::time::Duration) -> std::time::Duration {
+    pub fn phase(&self, limit: Duration) -> Duration {
         limit.min(self.left().saturating_sub(self.reserve))
     }
 
     /// What the last phase (the telemetry flush) that wants `limit` may take.
-    pub fn last(&self, limit: std::time::Duration) -> std::time::Duration {
+    pub fn last(&self, limit: Duration) -> Duration {
         limit.min(self.left())
     }
 
     /// The whole deadline.
-    pub fn total(&self) -> std::time::Duration {
+    pub fn total(&self) -> Duration {
         self.total
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::Deadline;
+    use super::*;
 
     #[test]
     fn phases_share_what_is_left_and_the_flush_keeps_its_reserve() {

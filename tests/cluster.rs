@@ -123,21 +123,7 @@ impl Node {
 
     /// The value of one Prometheus series (name with labels, as printed) on `/metrics`.
     async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("http://{}/metrics", self.addr()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{series} not on /metrics"))
-            .trim()
-            .parse()
-            .unwrap()
+        process::metric(self.addr(), series).await
     }
 }
 

@@ -18,6 +18,19 @@ use futures_util::{SinkExt, StreamExt};
 use process::{sigterm_and_wait, Server};
 use tokio_tungstenite::tungstenite::Message;
 
+/// An endpoint that accepts connections and never reads or answers.
+fn black_hole() -> String {
+    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", hole.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in hole.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    endpoint
+}
+
 /// Starts the real binary with export to `endpoint` over `protocol`, many spans, fast batches.
 fn start(endpoint: &str, protocol: &str) -> Server {
     let env = |k: &'static str, v: &str| (k, v.to_owned());
@@ -88,17 +101,7 @@ async fn chat(addr: SocketAddr, clients: usize, per_client: usize) {
 }
 
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+    process::metric(addr, series).await
 }
 
 async fn sustained_run_with_broken_collector(endpoint: &str, protocol: &str) {
@@ -150,14 +153,7 @@ async fn a_refused_grpc_export_leaves_chat_and_memory_unaffected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_http_collector_leaves_chat_and_memory_unaffected() {
     // Accepts connections and never reads or answers.
-    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", hole.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in hole.incoming().flatten() {
-            held.push(stream);
-        }
-    });
+    let endpoint = black_hole();
     sustained_run_with_broken_collector(&endpoint, "http/protobuf").await;
 }
 
@@ -206,14 +202,7 @@ async fn export_resumes_by_itself_when_the_collector_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_clients_and_a_black_hole_collector_exits_within_the_deadline() {
     // Accepts connections and never reads or answers: the final flush would wait its own 5 s.
-    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", hole.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in hole.incoming().flatten() {
-            held.push(stream);
-        }
-    });
+    let endpoint = black_hole();
     const DEADLINE: Duration = Duration::from_millis(2_500);
     let env = |k: &'static str, v: &str| (k, v.to_owned());
     let server = process::start(&[

@@ -778,17 +778,9 @@ async fn a_message_crossing_nodes_is_one_trace_in_jaeger_spanning_both_nodes() {
     process::sigterm_and_wait(b);
 }
 
-/// A sample from `server`'s `/metrics` (the exact series text before the value).
+/// A sample from `server`'s `/metrics`.
 async fn scraped(server: &process::Server, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", server.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+    process::metric(server.addr, series).await
 }
 
 /// The client ids with an ended connection span of `reason` in Jaeger, among those starting
@@ -872,17 +864,25 @@ const GONE: &str = "websocket_server_connections_closed_total{close_reason=\"cli
 const SLOW: &str = "websocket_server_connections_closed_total{close_reason=\"slow_consumer\",close_initiator=\"server\"}";
 const DROPPED: &str = "websocket_server_telemetry_spans_total{outcome=\"dropped\"}";
 
+/// A collector and a node for a storm of `n` clients (all from one address), and the prefix of
+/// this run's client ids.
+fn storm_node(
+    name: &str,
+    n: usize,
+    extra: &[(&str, String)],
+) -> (Collector, process::Server, String) {
+    let collector = Collector::start();
+    let run = instance_id(name);
+    let mut env = vec![("WSMON_LIMITS__MAX_CONNECTIONS_PER_IP", n.to_string())];
+    env.extend(extra.iter().cloned());
+    let server = wsmon(&collector, &run, &env);
+    (collector, server, format!("{name}-{run}-"))
+}
+
 #[tokio::test]
 async fn every_disconnect_of_a_5000_client_storm_reaches_jaeger_with_its_reason() {
     const N: usize = 5_000;
-    let collector = Collector::start();
-    let run = instance_id("storm");
-    let server = wsmon(
-        &collector,
-        &run,
-        &[("WSMON_LIMITS__MAX_CONNECTIONS_PER_IP", N.to_string())],
-    );
-    let prefix = format!("s-{run}-");
+    let (_collector, server, prefix) = storm_node("storm", N, &[]);
     let clients = connect_all(&server, &prefix, N).await;
     vanish_all(&server, clients).await;
     assert_eq!(scraped(&server, GONE).await, N as f64);
@@ -900,18 +900,9 @@ async fn every_disconnect_of_a_5000_client_storm_reaches_jaeger_with_its_reason(
 #[tokio::test]
 async fn with_a_small_export_queue_every_storm_disconnect_is_in_jaeger_or_counted_dropped() {
     const N: usize = 1_000;
-    let collector = Collector::start();
-    let run = instance_id("squeeze");
-    let server = wsmon(
-        &collector,
-        &run,
-        &[
-            ("WSMON_LIMITS__MAX_CONNECTIONS_PER_IP", N.to_string()),
-            // Far smaller than the storm: the queue must shed, and say so.
-            ("WSMON_TELEMETRY__SPAN_QUEUE_SIZE", "64".into()),
-        ],
-    );
-    let prefix = format!("q-{run}-");
+    // Far smaller than the storm: the queue must shed, and say so.
+    let queue = [("WSMON_TELEMETRY__SPAN_QUEUE_SIZE", "64".to_owned())];
+    let (_collector, server, prefix) = storm_node("squeeze", N, &queue);
     let clients = connect_all(&server, &prefix, N).await;
     // Open spans end at connect (and some were shed then); what the storm ends are the
     // disconnect records alone.

@@ -142,23 +142,7 @@ fn trace_spans(trace_id: opentelemetry::trace::TraceId) -> Vec<SpanData> {
 }
 
 async fn connection_id_of(app: &TestApp, client_id: &str) -> String {
-    let stats = app
-        .wait_for_stats(client_id, |s| {
-            s["connections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["client_id"] == client_id)
-        })
-        .await;
-    let conn = stats["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["client_id"] == client_id)
-        .unwrap()
-        .clone();
-    conn["connection_id"].as_str().unwrap().to_owned()
+    app.connection_id(client_id).await
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn_app, spawn_app_with, Client, TestApp, RECV_TIMEOUT};
+use crate::helpers::{spawn_app, spawn_app_with, Client, RECV_TIMEOUT};
 
 /// Splits `client`: a task sends `text` (as fast as the socket takes it, or one per `pace`),
 /// until sending fails;
@@ -67,27 +67,6 @@ async fn flood_and_read_until_close(
 /// Chatting clients send a message every millisecond: busy, but not slow consumers.
 const PACE: Option<Duration> = Some(Duration::from_millis(1));
 
-async fn connection_id(app: &TestApp, client_id: &str) -> String {
-    let stats = app
-        .wait_for_stats(client_id, |s| {
-            s["connections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["client_id"] == client_id)
-        })
-        .await;
-    stats["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["client_id"] == client_id)
-        .unwrap()["connection_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_but_keeps_flooding_receives_1008_rate_limited() {
     let app = spawn_app_with(|s| {
@@ -109,7 +88,7 @@ async fn a_client_that_reads_but_keeps_flooding_receives_1008_rate_limited() {
 async fn a_client_kicked_while_it_chats_receives_4003() {
     let app = spawn_app().await;
     let chatty = app.connect("chatty").await;
-    let id = connection_id(&app, "chatty").await;
+    let id = app.connection_id("chatty").await;
     let http = app.http.clone();
     let url = app.url(&format!("/api/v1/connections/{id}"));
     let kick = tokio::spawn(async move {

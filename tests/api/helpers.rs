@@ -149,6 +149,22 @@ impl TestApp {
         }
     }
 
+    /// The connection id of `client_id`'s connection, once `/ws-stats` lists it.
+    pub async fn connection_id(&self, client_id: &str) -> String {
+        let listed = |s: &Value| {
+            s["connections"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["client_id"] == client_id).cloned())
+        };
+        let stats = self
+            .wait_for_stats(client_id, |s| listed(s).is_some())
+            .await;
+        listed(&stats).unwrap()["connection_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub async fn wait_for_active(&self, n: u64) -> Value {
         self.wait_for_stats(&format!("{n} active connections"), |s| {
             s["global_stats"]["active_connections"] == n

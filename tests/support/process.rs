@@ -104,3 +104,21 @@ pub fn sigterm_and_wait(mut server: Server) -> Duration {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The value of `series` (exactly as `/metrics` prints it, labels included) on the server at
+/// `addr`.
+#[allow(dead_code)]
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} not on /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
