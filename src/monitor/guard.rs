@@ -66,6 +66,7 @@ impl ConnectionGuard {
             span_id = tracing::field::Empty,
             close.reason = tracing::field::Empty,
             close.initiator = tracing::field::Empty,
+            close.abnormal = tracing::field::Empty,
             close.code_sent = tracing::field::Empty,
             close.code_received = tracing::field::Empty,
             connection.duration_s = tracing::field::Empty,
@@ -172,6 +173,10 @@ impl Drop for ConnectionGuard {
         span.record("close.reason", reason.as_str());
         span.record("close.initiator", reason.initiator().as_str());
         span.record("otel.status_code", status);
+        if !reason.is_normal() {
+            // A plain attribute to search by: trace stores do not all search by span status.
+            span.record("close.abnormal", true);
+        }
         if let Some(code) = outcome.code_sent {
             span.record("close.code_sent", i64::from(code));
         }
