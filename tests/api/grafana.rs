@@ -1,5 +1,6 @@
 //! Structural checks of the operator stack's files (the stack tests run every query against a
-//! real Prometheus): dashboards, alert rules, datasources, compose image pins.
+//! real Prometheus, and promtool runs the alert rules' unit tests): dashboards, alert rules and
+//! their test files, Alertmanager routing, datasources, compose image pins.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -110,7 +111,11 @@ fn dashboards_have_unique_ids_no_overlaps_known_datasources_and_documented_metri
             for t in p["targets"].as_array().unwrap() {
                 let expr = t["expr"].as_str().unwrap();
                 let names = metric_names(expr);
-                assert!(!names.is_empty(), "{path}: {expr}");
+                // Span metrics come from the collector (otel/collector.yaml), not from wsmon.
+                assert!(
+                    !names.is_empty() || expr.contains("traces_span_metrics_"),
+                    "{path}: {expr}"
+                );
                 for n in names {
                     assert!(
                         documented().contains(n.as_str()),
@@ -123,52 +128,87 @@ fn dashboards_have_unique_ids_no_overlaps_known_datasources_and_documented_metri
 }
 
 #[test]
-fn alert_rules_are_complete_and_use_provisioned_datasources_and_documented_metrics() {
-    let uids = datasource_uids();
-    let rules = yaml("grafana/provisioning/alerting/rules.yaml");
-    let mut titles = Vec::new();
+fn alert_rules_are_prometheus_rules_with_annotations_documented_metrics_and_unit_tests() {
+    assert!(
+        !Path::new(ROOT)
+            .join("grafana/provisioning/alerting")
+            .exists(),
+        "alerts live in otel/alert-rules.yml only, not as Grafana-managed copies"
+    );
+    let rules = yaml("otel/alert-rules.yml");
+    let mut names = Vec::new();
     for group in rules["groups"].as_sequence().unwrap() {
+        let group_name = group["name"].as_str().unwrap();
+        assert!(
+            group["interval"].is_null(),
+            "{group_name}: takes the global evaluation_interval, so tests can shorten it"
+        );
+        let tests = group_tests(group_name);
         for rule in group["rules"].as_sequence().unwrap() {
-            let title = rule["title"].as_str().unwrap().to_owned();
+            let name = rule["alert"].as_str().unwrap().to_owned();
             for key in ["summary", "description", "runbook"] {
                 assert!(
                     rule["annotations"][key]
                         .as_str()
                         .is_some_and(|s| !s.is_empty()),
-                    "{title}: {key}"
+                    "{name}: {key}"
                 );
             }
+            let severity = rule["labels"]["severity"].as_str();
             assert!(
-                rule["labels"]["severity"].as_str().is_some(),
-                "{title}: severity"
+                matches!(severity, Some("warning" | "critical")),
+                "{name}: severity {severity:?}"
             );
-            let condition = rule["condition"].as_str().unwrap();
-            let data = rule["data"].as_sequence().unwrap();
-            assert!(
-                data.iter().any(|d| d["refId"].as_str() == Some(condition)),
-                "{title}: condition"
-            );
-            for d in data {
-                let ds = d["datasourceUid"].as_str().unwrap();
+            let expr = rule["expr"].as_str().unwrap();
+            let metrics = metric_names(expr);
+            assert!(!metrics.is_empty(), "{name}: {expr}");
+            for n in metrics {
                 assert!(
-                    ds == "__expr__" || uids.contains(ds),
-                    "{title}: datasource {ds}"
+                    documented().contains(n.as_str()),
+                    "{name}: undocumented {n}"
                 );
-                if let Some(expr) = d["model"]["expr"].as_str() {
-                    for n in metric_names(expr) {
-                        assert!(
-                            documented().contains(n.as_str()),
-                            "{title}: undocumented {n}"
-                        );
-                    }
-                }
             }
-            titles.push(title);
+            // The group's promtool file both expects this alert firing and expects it quiet.
+            let cases: Vec<&Yaml> = tests
+                .iter()
+                .flat_map(|t| t["alert_rule_test"].as_sequence().unwrap())
+                .filter(|c| c["alertname"].as_str() == Some(&name))
+                .collect();
+            assert!(
+                cases
+                    .iter()
+                    .any(|c| c["exp_alerts"].as_sequence().is_some_and(|a| !a.is_empty())),
+                "{name}: a unit test where it fires"
+            );
+            assert!(
+                cases
+                    .iter()
+                    .filter(|c| c["exp_alerts"].as_sequence().is_some_and(|a| a.is_empty()))
+                    .count()
+                    >= 2,
+                "{name}: unit tests where it stays quiet"
+            );
+            names.push(name);
         }
     }
-    for needed in ["Idle spike", "Error spike", "Cluster backplane down"] {
-        assert!(titles.iter().any(|t| t == needed), "{needed} rule");
+    for needed in ["WsmonIdleSpike", "WsmonErrorSpike", "WsmonBackplaneDown"] {
+        assert!(names.iter().any(|t| t == needed), "{needed} rule");
     }
+}
+
+/// The promtool test cases of one rule group: `otel/alert-tests/<group without wsmon->.yml`.
+fn group_tests(group: &str) -> Vec<Yaml> {
+    let file = format!(
+        "otel/alert-tests/{}.yml",
+        group.trim_start_matches("wsmon-")
+    );
+    let doc = yaml(&file);
+    assert_eq!(
+        doc["rule_files"],
+        serde_yaml::from_str::<Yaml>("[../alert-rules.yml]").unwrap(),
+        "{file}"
+    );
+    doc["tests"].as_sequence().unwrap().clone()
 }
 
 #[test]
@@ -179,14 +219,47 @@ fn one_value_routes_alerts_and_every_image_is_pinned_in_env() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once('=').map(|(k, _)| k))
         .collect();
-    let contact = yaml("grafana/provisioning/alerting/contactpoints.yaml");
-    let url = contact["contactPoints"][0]["receivers"][0]["settings"]["url"]
-        .as_str()
-        .unwrap();
-    assert_eq!(url, "${ALERT_WEBHOOK_URL}");
+    // Alertmanager: every alert to one webhook receiver, resolutions included.
+    let am = yaml("otel/alertmanager.yml");
+    let receivers = am["receivers"].as_sequence().unwrap();
+    assert_eq!(receivers.len(), 1);
+    assert_eq!(am["route"]["receiver"], receivers[0]["name"]);
+    assert!(am["route"]["routes"].is_null(), "no other route");
+    let hook = &receivers[0]["webhook_configs"][0];
+    assert_eq!(hook["url"].as_str(), Some("${ALERT_WEBHOOK_URL}"));
+    assert_eq!(hook["send_resolved"].as_bool(), Some(true));
     assert!(defined.contains("ALERT_WEBHOOK_URL"));
+    // Prometheus loads the rules and sends to Alertmanager; compose mounts both files.
+    let prometheus = yaml("otel/prometheus.yml");
+    assert_eq!(
+        prometheus["rule_files"][0].as_str(),
+        Some("alert-rules.yml")
+    );
+    assert_eq!(
+        prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0].as_str(),
+        Some("alertmanager:9093")
+    );
     let mut compose = yaml("docker-compose.yml");
     compose.apply_merge().unwrap(); // the second node extends the first with `<<:`
+    let mounts = |service: &str| -> Vec<String> {
+        compose["services"][service]["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(mounts("prometheus")
+        .contains(&"./otel/alert-rules.yml:/etc/prometheus/alert-rules.yml:ro".to_owned()));
+    assert!(mounts("alertmanager")
+        .contains(&"./otel/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro".to_owned()));
+    let command = compose["services"]["alertmanager"]["command"][0]
+        .as_str()
+        .unwrap();
+    assert!(
+        command.contains(r#"sed "s|\$${ALERT_WEBHOOK_URL}|$$ALERT_WEBHOOK_URL|""#),
+        "{command}"
+    );
     for (name, service) in compose["services"].as_mapping().unwrap() {
         let image = service["image"].as_str().unwrap();
         let var = image.trim_start_matches("${").trim_end_matches('}');
