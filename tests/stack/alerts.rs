@@ -314,21 +314,10 @@ async fn error_and_idle_spikes_reach_the_webhook_with_their_annotations_then_res
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
-    let (_, resolved) = notified(
-        &hook,
-        "WsmonIdleSpike",
-        "resolved",
-        Duration::from_secs(120),
-    )
-    .await;
+    let (_, resolved) = notified(&hook, "WsmonIdleSpike", "resolved", patience(120)).await;
     assert_carries_the_rule(&resolved, "WsmonIdleSpike", "warning");
-    let (resolved_at, resolved) = notified(
-        &hook,
-        "WsmonErrorSpike",
-        "resolved",
-        Duration::from_secs(180),
-    )
-    .await;
+    let (resolved_at, resolved) =
+        notified(&hook, "WsmonErrorSpike", "resolved", patience(180)).await;
     assert_carries_the_rule(&resolved, "WsmonErrorSpike", "critical");
     eprintln!(
         "error spike: resolved notification {:?} after the firing one",
