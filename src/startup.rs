@@ -22,6 +22,7 @@ use crate::chat::Hub;
 use crate::cluster::{self, Cluster};
 use crate::config::{parse_proxies, Settings};
 use crate::http::auth::Auth;
+use crate::http::client_addr::Resolver;
 use crate::http::origin::OriginPolicy;
 use crate::http::serve::{self, ServeLimits};
 use crate::http::ws::{self, ChatState};
@@ -45,7 +46,7 @@ pub struct Application {
     grace: Duration,
     cluster: Option<Cluster>,
     serve_limits: ServeLimits,
-    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    resolver: Arc<Resolver>,
     deadline: Deadline,
 }
 
@@ -75,16 +76,16 @@ impl Application {
         });
         let shutdown = CancellationToken::new();
         let sessions = TaskTracker::new();
-        let trusted_proxies = Arc::new(
+        let resolver = Arc::new(Resolver::new(
             parse_proxies(&settings.server.trusted_proxies)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-        );
+            settings.server.client_address_header,
+        ));
         let hub = Hub::new(metrics.metrics.clone());
         let chat = ChatState {
             registry: registry.clone(),
             hub: hub.clone(),
             websocket: Arc::new(settings.websocket.clone()),
-            trusted_proxies: trusted_proxies.clone(),
             shutdown: shutdown.clone(),
             sessions: sessions.clone(),
             session: session_limits(&settings),
@@ -143,7 +144,7 @@ impl Application {
                 header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
                 max_http_connections_per_ip: settings.server.max_http_connections_per_ip,
             },
-            trusted_proxies,
+            resolver,
             deadline: Deadline::new(
                 Duration::from_millis(settings.shutdown.deadline_ms),
                 Duration::from_millis(settings.telemetry.shutdown_timeout_ms),
@@ -200,7 +201,7 @@ impl Application {
             grace,
             cluster,
             serve_limits,
-            trusted_proxies,
+            resolver,
             deadline,
         } = self;
         tokio::spawn(sampler::run(
@@ -219,7 +220,7 @@ impl Application {
             router,
             serve_limits,
             registry.clone(),
-            trusted_proxies,
+            resolver,
             http_stop.clone(),
             grace,
             deadline.clone(),

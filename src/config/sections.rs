@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 pub struct ServerSettings {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Peers (IPs or CIDR ranges) whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    /// Peers (IPs or CIDR ranges) whose `client_address_header` is believed.
     pub trusted_proxies: Vec<String>,
+    /// The one header the trusted proxies set with the client's address.
+    pub client_address_header: AddressHeader,
     /// Connections accepted and not upgraded to a WebSocket, at most.
     pub max_http_connections: usize,
     /// ... and from one address (trusted proxies exempt).
@@ -28,11 +30,27 @@ impl Default for ServerSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             trusted_proxies: Vec::new(),
+            client_address_header: AddressHeader::XForwardedFor,
             max_http_connections: 2_048,
             max_http_connections_per_ip: 256,
             header_read_timeout_ms: 10_000,
         }
     }
+}
+
+/// The header a trusted proxy sets with the client's address; wsmon believes this one only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AddressHeader {
+    /// `X-Forwarded-For: client, proxy1, ...` (nginx `$proxy_add_x_forwarded_for`, cloud load
+    /// balancers).
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    #[serde(rename = "forwarded")]
+    Forwarded,
+    /// `X-Real-IP: client` (one address, set by the proxy).
+    #[serde(rename = "x-real-ip")]
+    XRealIp,
 }
 
 /// Per-connection limits and buffers.

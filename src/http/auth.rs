@@ -1,22 +1,26 @@
 //! Authentication of the dashboard and APIs: bearer tokens (or Basic auth with the token as the
 //! password) in two roles, `viewer` (read) and `operator` (may kick). Tokens are compared in
-//! constant time; failed attempts are throttled per client address and logged without the token.
+//! constant time (`subtle`); failed attempts are throttled per client address (resolved through
+//! the trusted proxies, see `client_addr`) and logged without the token.
 //! `/healthz` and `/readyz` are always open, `/metrics` unless `auth.protect_metrics`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use subtle::ConstantTimeEq;
 
+use super::client_addr::ClientAddress;
 use crate::config::AuthSettings;
 
-/// Most addresses tracked for failed attempts; when full, expired entries go first, then all.
+/// Most addresses tracked for failed attempts; when full, expired entries go first, then the
+/// oldest eighth (never the whole table: a flood of new addresses cannot reset everyone's count).
 pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
 
 /// What a caller may do.
@@ -43,15 +47,10 @@ pub struct Auth {
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
-/// Compares without an early exit on the first differing byte.
+/// Equality in time independent of where the bytes differ (`subtle`; only a difference in
+/// length shows, and a token's length is no secret).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
+    a.ct_eq(b).into()
 }
 
 /// The token in `Authorization: Bearer <token>` or `Authorization: Basic base64(user:token)`.
@@ -130,7 +129,7 @@ impl Auth {
         if failures.len() >= MAX_TRACKED_ADDRESSES && !failures.contains_key(&ip) {
             failures.retain(|_, (_, since)| since.elapsed() < self.window);
             if failures.len() >= MAX_TRACKED_ADDRESSES {
-                failures.clear();
+                evict_oldest(&mut failures, MAX_TRACKED_ADDRESSES / 8);
             }
         }
         let entry = failures.entry(ip).or_insert((0, Instant::now()));
@@ -140,6 +139,23 @@ impl Auth {
         entry.0 += 1;
         entry.0
     }
+}
+
+/// Removes the `n` entries whose window started longest ago.
+fn evict_oldest(failures: &mut HashMap<IpAddr, (u32, Instant)>, n: usize) {
+    let mut starts: Vec<Instant> = failures.values().map(|(_, since)| *since).collect();
+    if n == 0 || starts.is_empty() {
+        return;
+    }
+    let n = n.min(starts.len());
+    let (_, cutoff, _) = starts.select_nth_unstable(n - 1);
+    let cutoff = *cutoff;
+    let mut removed = 0;
+    failures.retain(|_, (_, since)| {
+        let evict = *since <= cutoff && removed < n;
+        removed += usize::from(evict);
+        !evict
+    });
 }
 
 fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
@@ -166,10 +182,9 @@ pub async fn require(State(auth): State<Arc<Auth>>, mut request: Request, next: 
     if open {
         return next.run(request).await;
     }
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let address = ClientAddress::of(request.extensions());
+    let ip = address.client;
+    let proxy = address.proxy().map(|p| p.to_string());
     if auth.throttled(ip) {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
@@ -180,7 +195,13 @@ pub async fn require(State(auth): State<Arc<Auth>>, mut request: Request, next: 
     let caller = presented_token(request.headers()).and_then(|t| auth.identify(&t));
     let Some(caller) = caller else {
         let failures = auth.record_failure(ip);
-        tracing::warn!(client.address = %ip, path, failures, "authentication failed");
+        tracing::warn!(
+            client.address = %ip,
+            network.peer.address = proxy.as_deref(),
+            path,
+            failures,
+            "authentication failed"
+        );
         return refuse(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -192,7 +213,13 @@ pub async fn require(State(auth): State<Arc<Auth>>, mut request: Request, next: 
         _ => Role::Operator,
     };
     if caller.role < needs {
-        tracing::warn!(client.address = %ip, path, who = %caller.name, "forbidden: operator role required");
+        tracing::warn!(
+            client.address = %ip,
+            network.peer.address = proxy.as_deref(),
+            path,
+            who = %caller.name,
+            "forbidden: operator role required"
+        );
         return refuse(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -260,6 +287,28 @@ mod tests {
         }
         assert!(a.throttled(ip));
         assert!(!a.throttled("10.1.1.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_full_table_evicts_its_oldest_entries_not_everyone() {
+        let a = auth();
+        let addr = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+        let max = MAX_TRACKED_ADDRESSES as u32;
+        for i in 0..max {
+            a.record_failure(addr(i));
+        }
+        let late: IpAddr = "10.9.9.9".parse().unwrap();
+        for _ in 0..3 {
+            a.record_failure(late);
+        }
+        // One address too many: the oldest eighth goes, everyone else keeps their count.
+        assert!(a.throttled(late));
+        assert_eq!(
+            a.lock().len(),
+            MAX_TRACKED_ADDRESSES - MAX_TRACKED_ADDRESSES / 8 + 1
+        );
+        assert!(a.lock().get(&addr(0)).is_none(), "the oldest went");
+        assert_eq!(a.lock().get(&addr(max - 1)).map(|e| e.0), Some(1));
     }
 
     #[test]

@@ -27,13 +27,13 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use super::client_addr::Resolver;
 use crate::monitor::{Registry, RejectReason};
 use crate::shutdown::Deadline;
 use crate::telemetry::export::FailureLog;
@@ -97,7 +97,7 @@ pub async fn serve(
     router: Router,
     limits: ServeLimits,
     registry: Registry,
-    trusted_proxies: Arc<Vec<IpNet>>,
+    resolver: Arc<Resolver>,
     stop: CancellationToken,
     grace: Duration,
     deadline: Deadline,
@@ -146,7 +146,7 @@ pub async fn serve(
             }
         };
         let ip = peer.ip();
-        let exempt = trusted_proxies.iter().any(|net| net.contains(&ip));
+        let exempt = resolver.is_trusted(&ip);
         if !exempt && !per_peer.try_add(ip, limits.max_http_connections_per_ip) {
             registry.record_rejection(RejectReason::PerIpHttpLimit);
             tokio::spawn(refuse(tcp));
@@ -157,7 +157,7 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
         metrics.http_connections.increment(1.0);
-        let service = connection_service(router.clone(), peer);
+        let service = connection_service(router.clone(), peer, resolver.clone());
         let conn = builder
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
@@ -212,10 +212,12 @@ async fn refuse(mut tcp: tokio::net::TcpStream) {
     .await;
 }
 
-/// The router as a hyper service for one connection from `peer` (what `ConnectInfo` reads).
+/// The router as a hyper service for one connection from `peer`: each request carries the
+/// peer (`ConnectInfo`) and the client address resolved from it and the request's headers.
 fn connection_service(
     router: Router,
     peer: SocketAddr,
+    resolver: Arc<Resolver>,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
     Response = axum::response::Response,
@@ -223,7 +225,9 @@ fn connection_service(
     Future = impl Send,
 > + Clone {
     hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let client = resolver.resolve(peer.ip(), request.headers());
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(client);
         let mut router = router.clone();
         async move { router.call(request.map(axum::body::Body::new)).await }
     })

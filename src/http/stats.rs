@@ -3,10 +3,8 @@
 //! cluster, the request travels over the Redis control channel and that node's answer (status
 //! and body) is served as is.
 
-use std::net::SocketAddr;
-
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{Extensions, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::auth::{Caller, Role};
+use super::client_addr::ClientAddress;
 use super::Monitoring;
 use crate::cluster::wire::Op;
 use crate::cluster::Serve;
@@ -205,10 +204,12 @@ async fn kick(
     extensions: Extensions,
 ) -> Result<Response, ApiError> {
     let q = node_query(query)?;
-    let address = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default();
+    // The resolved client (through trusted proxies), and the proxy when there was one.
+    let client = ClientAddress::of(&extensions);
+    let address = match client.proxy() {
+        Some(proxy) => format!("{} via {proxy}", client.client),
+        None => client.client.to_string(),
+    };
     let who = extensions
         .get::<Caller>()
         .map_or_else(|| "unauthenticated".to_owned(), |c| c.name.clone());

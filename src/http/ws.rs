@@ -2,21 +2,19 @@
 //! *before* answering 101 (so a client whose handshake completed receives every later
 //! broadcast), then runs the chat session on the upgraded socket.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures_util::StreamExt;
-use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
 
-use super::client_addr;
+use super::client_addr::ClientAddress;
 use super::origin::OriginPolicy;
 use crate::chat::session::{self, SessionLimits};
 use crate::chat::Hub;
@@ -34,7 +32,6 @@ pub struct ChatState {
     pub registry: Registry,
     pub hub: Hub,
     pub websocket: Arc<WebSocketSettings>,
-    pub trusted_proxies: Arc<Vec<IpNet>>,
     pub shutdown: CancellationToken,
     /// Tracks every session so shutdown can wait for them (bounded by the grace period).
     pub sessions: TaskTracker,
@@ -69,7 +66,7 @@ async fn empty_client_id(State(state): State<ChatState>) -> ApiError {
 
 async fn upgrade(
     State(state): State<ChatState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    address: ClientAddress,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -78,7 +75,7 @@ async fn upgrade(
         state.registry.record_rejection(reason);
         tracing::info!(
             rejection.reason = reason.as_str(),
-            client.address = %peer.ip(),
+            client.address = %address.client,
             "upgrade refused: {message}"
         );
         ApiError::Rejected(reason, message)
@@ -101,7 +98,7 @@ async fn upgrade(
     if let Err(why) = state.origins.check(&headers) {
         return Err(reject(RejectReason::OriginNotAllowed, why));
     }
-    let address = client_addr::resolve(peer.ip(), &headers, &state.trusted_proxies);
+    let address = address.client;
     let permit = match state.limiter.acquire(address) {
         Ok(permit) => permit,
         Err(reason) => return Err(reject(reason, format!("{}: retry later", reason.as_str()))),

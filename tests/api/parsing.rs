@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
+use wsmon::config::AddressHeader;
 use wsmon::http::{auth::presented_token, client_addr};
 use wsmon::monitor::{client_id, ConnectionInfo, PageRequest, Registry, SortKey};
 
@@ -63,8 +64,10 @@ proptest! {
         if let Ok(v) = HeaderValue::from_str(&xff) { h.insert("x-forwarded-for", v); }
         if let Ok(v) = HeaderValue::from_str(&fwd) { h.insert("forwarded", v); }
         let trusted = vec!["10.0.0.0/8".parse().unwrap()];
-        let got = client_addr::resolve(peer, &h, &trusted);
-        prop_assert!(got == peer || addresses_in(&format!("{xff},{fwd}")).contains(&got), "{got}");
+        for header in [AddressHeader::XForwardedFor, AddressHeader::Forwarded] {
+            let got = client_addr::resolve(peer, &h, &trusted, header);
+            prop_assert!(got == peer || addresses_in(&format!("{xff},{fwd}")).contains(&got), "{got}");
+        }
     }
 
     #[test]

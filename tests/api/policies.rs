@@ -376,6 +376,82 @@ async fn repeated_failures_from_one_address_are_throttled() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_one_clients_failures_do_not_lock_out_another() {
+    let app = spawn_app_with(|s| {
+        s.auth.viewer_tokens = vec![VIEWER.into()];
+        s.auth.max_failures = 3;
+        s.server.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    // Every request comes from the proxy (127.0.0.1), which names the client it forwards.
+    let get = |client: &'static str, token: &'static str| {
+        app.http
+            .get(app.url("/ws-stats"))
+            .header("x-forwarded-for", client)
+            .bearer_auth(token)
+            .send()
+    };
+    for _ in 0..10 {
+        let status = get("203.0.113.1", "wrong-token-xxxxxxxxxx")
+            .await
+            .unwrap()
+            .status();
+        assert!(status == 401 || status == 429, "{status}");
+    }
+    let a = get("203.0.113.1", VIEWER).await.unwrap().status();
+    assert_eq!(a, 429, "client A, who failed, is throttled");
+    let b = get("203.0.113.2", VIEWER).await.unwrap().status();
+    assert_eq!(b, 200, "client B, behind the same proxy, is not");
+}
+
+#[tokio::test]
+async fn a_header_of_another_kind_does_not_change_the_address_nor_escape_the_cap() {
+    // The proxy appends X-Forwarded-For (the configured header) and passes the client's own
+    // Forwarded header through.
+    let app = spawn_app_with(|s| {
+        s.limits.max_connections_per_ip = 2;
+        s.server.trusted_proxies = vec!["127.0.0.1".into()];
+        // client_address_header: "x-forwarded-for", the default.
+    })
+    .await;
+    let spoofed = |i: u8| format!("for=198.51.100.{i}");
+    let (f1, f2) = (spoofed(1), spoofed(2));
+    let _a = app
+        .connect_with(
+            "a",
+            &[("x-forwarded-for", "203.0.113.5"), ("forwarded", &f1)],
+        )
+        .await;
+    let _b = app
+        .connect_with(
+            "b",
+            &[("x-forwarded-for", "203.0.113.5"), ("forwarded", &f2)],
+        )
+        .await;
+    let stats = app.wait_for_active(2).await;
+    for c in stats["connections"].as_array().unwrap() {
+        assert_eq!(c["client_address"], "203.0.113.5", "{c}");
+    }
+    let refused = app
+        .http
+        .get(app.url("/ws/c"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("x-forwarded-for", "203.0.113.5")
+        .header("forwarded", spoofed(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        429,
+        "the third from 203.0.113.5 is over its cap"
+    );
+}
+
+#[tokio::test]
 async fn protected_metrics_need_a_token_when_configured() {
     let app = spawn_app_with(|s| {
         s.auth.viewer_tokens = vec![VIEWER.into()];
