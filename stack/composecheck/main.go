@@ -1,6 +1,7 @@
 // composecheck loads docker-compose.yml with the Compose specification's own loader
 // (compose-go, what `docker compose config` uses), resolving variables from .env, and fails on
-// any error. Built and run by stack/run.
+// any error. Prints each service's image and published ports (host address included). Built
+// and run by stack/run.
 package main
 
 import (
@@ -34,5 +35,8 @@ func main() {
 	for _, name := range project.ServiceNames() {
 		service := project.Services[name]
 		fmt.Printf("%s\t%s\n", name, service.Image)
+		for _, p := range service.Ports {
+			fmt.Printf("port\t%s\t%s:%s->%d\n", name, p.HostIP, p.Published, p.Target)
+		}
 	}
 }

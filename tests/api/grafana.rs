@@ -269,3 +269,35 @@ fn one_value_routes_alerts_and_every_image_is_pinned_in_env() {
         );
     }
 }
+
+#[test]
+fn compose_has_no_default_secrets_and_publishes_on_loopback_by_default() {
+    let env = std::fs::read_to_string(Path::new(ROOT).join(".env")).unwrap();
+    assert!(
+        env.lines().any(|l| l == "WSMON_PUBLISH_ADDRESS=127.0.0.1"),
+        ".env publishes on loopback"
+    );
+    assert!(!env.contains("TOKEN=") && !env.contains("PASSWORD="), "no secret in .env");
+    let mut compose = yaml("docker-compose.yml");
+    compose.apply_merge().unwrap();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(
+                port.starts_with("${WSMON_PUBLISH_ADDRESS:-127.0.0.1}:"),
+                "{name:?}: {port} is published on every interface"
+            );
+        }
+        for (key, value) in service["environment"].as_mapping().into_iter().flatten() {
+            let (key, value) = (key.as_str().unwrap(), value.as_str().unwrap_or(""));
+            if key.contains("TOKEN") || key.contains("PASSWORD") {
+                assert!(
+                    value.contains(":?") && !value.contains(":-"),
+                    "{name:?}: {key} must be required, with no default: {value}"
+                );
+            }
+        }
+    }
+    let grafana = &compose["services"]["grafana"]["environment"];
+    assert!(grafana["GF_SECURITY_ADMIN_PASSWORD"].is_string(), "Grafana's admin password is set");
+}
