@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::chat::budget::Budget;
 use crate::chat::policy::{MessageSampler, RateLimit};
 use crate::chat::session::SessionLimits;
 use crate::chat::Hub;
@@ -81,7 +82,13 @@ impl Application {
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
             settings.server.client_address_header,
         ));
-        let hub = Hub::new(metrics.metrics.clone());
+        let hub = Hub::with_budget(
+            metrics.metrics.clone(),
+            Budget::new(
+                settings.websocket.outbound_queue_bytes,
+                settings.limits.max_outbound_bytes,
+            ),
+        );
         let chat = ChatState {
             registry: registry.clone(),
             hub: hub.clone(),

@@ -1,19 +1,23 @@
 //! Fan-out: every member owns a bounded outbound queue; [`Hub::publish`] offers each message to
 //! every member with `try_send` and never waits, so one slow client cannot delay the others.
-//! A member whose queue is full is asked to close as `slow_consumer` (so a client that stays
-//! connected never silently misses a message).
+//! A member whose queue is full, in messages or in bytes, is asked to close as `slow_consumer`
+//! (so a client that stays connected never silently misses a message). When the process holds
+//! more than its byte ceiling, the members holding the most are shed the same way (see
+//! [`super::budget`]).
 //!
 //! `publish` is the single fan-out seam: with a backplane ([`Forward`], e.g. Redis), what is
 //! published here is also handed to it, and what other nodes publish arrives through
 //! [`Hub::deliver_remote`], which fans out locally only.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use uuid::Uuid;
 
+use super::budget::{self, Budget, Shed};
 use super::protocol;
 use super::queue::{self, Receiver, Sender, TrySendError};
 use crate::monitor::{CloseReason, ConnectionEntry};
@@ -49,7 +53,14 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// The backplane, once one is attached.
     forward: Arc<OnceLock<Arc<dyn Forward>>>,
+    budget: Arc<Budget>,
+    /// A shed pass is scheduled.
+    shedding: Arc<AtomicBool>,
 }
+
+/// How long after the process goes over its byte ceiling the shed pass runs: a client that
+/// keeps up has written what it held by then, so only the ones that do not are chosen.
+pub const SHED_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Default for Hub {
     fn default() -> Self {
@@ -66,13 +77,26 @@ pub struct Membership {
 }
 
 impl Hub {
-    /// An empty hub recording into `metrics` (fan-out duration, queue drops).
+    /// An empty hub recording into `metrics` (fan-out duration, queue drops), with no byte
+    /// budget.
     pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self::with_budget(metrics, Budget::unlimited())
+    }
+
+    /// An empty hub whose queues are bounded in bytes by `budget`.
+    pub fn with_budget(metrics: Arc<Metrics>, budget: Arc<Budget>) -> Self {
         Self {
             members: Arc::default(),
             metrics,
             forward: Arc::default(),
+            budget,
+            shedding: Arc::default(),
         }
+    }
+
+    /// The byte budget of the members' queues.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// Hands every message published from now on to `forward` as well (once; later calls are
@@ -84,9 +108,9 @@ impl Hub {
     /// Joins `entry` with an outbound queue of `capacity` messages. From the moment this
     /// returns, the member receives every message published.
     pub fn join(&self, entry: Arc<ConnectionEntry>, capacity: usize) -> (Membership, Receiver) {
-        let (tx, rx) = queue::channel(capacity);
+        let (tx, rx) = queue::budgeted(capacity, self.budget.clone());
         let weak = tx.downgrade();
-        entry.set_queue_probe(Box::new(move || weak.depth()));
+        entry.set_queue_probe(Box::new(move || weak.level()));
         let id = entry.id();
         let client_id = entry.info().client_id.clone();
         let member = Member {
@@ -142,10 +166,17 @@ impl Hub {
                     drops += 1;
                     member.entry.request_close(CloseReason::SlowConsumer);
                 }
+                Err(TrySendError::OverBudget) => {
+                    drops += 1;
+                    if member.entry.request_close(CloseReason::SlowConsumer) {
+                        self.metrics.shed(Shed::Connection, 1);
+                    }
+                }
                 Err(TrySendError::Closed) => {}
             }
         }
         drop(members);
+        self.shed_soon();
         if drops > 0 {
             self.metrics.send_queue_drops.increment(drops);
         }
@@ -153,6 +184,62 @@ impl Hub {
             .fanout_duration
             .record(started.elapsed().as_secs_f64());
         delivered
+    }
+
+    /// Over the process ceiling: schedules a shed pass in [`SHED_AFTER`] (at once without a
+    /// runtime), one at a time.
+    fn shed_soon(&self) {
+        if self.budget.excess().is_none() || self.shedding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let hub = self.clone();
+        let pass = move || {
+            let members = hub.members.read().unwrap_or_else(|p| p.into_inner());
+            hub.shed(&members);
+            drop(members);
+            hub.shedding.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(SHED_AFTER).await;
+                    pass();
+                });
+            }
+            Err(_) => pass(),
+        }
+    }
+
+    /// Asks the members holding the most to close as `slow_consumer` until what is left fits
+    /// under the process ceiling (what closing members hold counts as freed).
+    fn shed(&self, members: &HashMap<Uuid, Member>) {
+        let Some(excess) = self.budget.excess() else {
+            return;
+        };
+        let mut closing = 0;
+        let mut holders = Vec::new();
+        for member in members.values() {
+            let held = member.tx.held();
+            if member.entry.close_is_requested() {
+                closing += held;
+            } else {
+                holders.push((held, member));
+            }
+        }
+        let chosen = budget::choose(holders, excess, closing);
+        let mut shed = 0;
+        for member in chosen {
+            shed += u64::from(member.entry.request_close(CloseReason::SlowConsumer));
+        }
+        if shed > 0 {
+            self.metrics.shed(Shed::Process, shed);
+            tracing::warn!(
+                target: "wsmon",
+                shed,
+                held = self.budget.held(),
+                "outbound bytes over limits.max_outbound_bytes: shed the largest holders as slow_consumer"
+            );
+        }
     }
 
     /// The metric handles this hub records into.
@@ -182,11 +269,17 @@ impl Membership {
     /// Queues a message for this member only; `false` (and a counted drop) when its queue
     /// is full.
     pub fn send_own(&self, text: Utf8Bytes) -> bool {
-        let queued = self.tx.try_send(text).is_ok();
-        if !queued {
-            self.hub.metrics.send_queue_drops.increment(1);
+        let sent = self.tx.try_send(text);
+        match sent {
+            Ok(()) => {}
+            Err(TrySendError::OverBudget) => {
+                self.hub.metrics.send_queue_drops.increment(1);
+                self.hub.metrics.shed(Shed::Connection, 1);
+            }
+            Err(_) => self.hub.metrics.send_queue_drops.increment(1),
         }
-        queued
+        self.hub.shed_soon();
+        sent.is_ok()
     }
 
     /// Asks this member's writer to send a ping.
@@ -249,6 +342,49 @@ mod tests {
         );
         assert_eq!(slow_guard.entry().queue_depth(), 2);
         assert_eq!(fast_guard.entry().requested_close(), None);
+    }
+
+    #[test]
+    fn over_the_process_ceiling_the_largest_holders_are_shed_never_the_readers() {
+        let registry = Registry::new(Duration::from_secs(300));
+        // 1,000 bytes per connection, 1,500 for the process.
+        let hub = Hub::with_budget(Metrics::noop(), Budget::new(1_000, 1_500));
+        let (reader_guard, _r, mut reader_rx) = member(&registry, &hub, "reader", 100);
+        let (a_guard, _a, _a_rx) = member(&registry, &hub, "stalled-a", 100);
+        let (b_guard, _b, _b_rx) = member(&registry, &hub, "stalled-b", 100);
+        let text: Utf8Bytes = "x".repeat(300).into();
+        for _ in 0..3 {
+            hub.publish(Envelope {
+                text: text.clone(),
+                except: None,
+                span: None,
+            });
+            // The reader keeps up.
+            assert!(reader_rx.try_recv().is_some());
+        }
+        // a and b hold 900 each: 1,800 > 1,500. One of them is shed, the reader never.
+        let closing = [&a_guard, &b_guard]
+            .iter()
+            .filter(|g| g.entry().requested_close() == Some(CloseReason::SlowConsumer))
+            .count();
+        assert_eq!(closing, 1);
+        assert_eq!(reader_guard.entry().requested_close(), None);
+        // Another message: over a's and b's own share of 1,000.
+        hub.publish(Envelope {
+            text,
+            except: None,
+            span: None,
+        });
+        assert_eq!(
+            a_guard.entry().requested_close(),
+            Some(CloseReason::SlowConsumer)
+        );
+        assert_eq!(
+            b_guard.entry().requested_close(),
+            Some(CloseReason::SlowConsumer)
+        );
+        assert_eq!(reader_guard.entry().requested_close(), None);
+        assert!(reader_rx.try_recv().is_some());
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! that fans messages out through bounded per-connection queues, the per-connection session and
 //! its policies (rate limit, liveness, idle).
 
+pub mod budget;
 pub mod hub;
 pub mod policy;
 pub mod protocol;

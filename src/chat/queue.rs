@@ -5,6 +5,10 @@
 //!
 //! The one consumer is woken through an atomic waker (no lock per wake). A ping request rides
 //! the same wake-up ([`Sender::request_ping`]), so the connection's writer waits on one thing.
+//!
+//! The queue is bounded in bytes as well (see [`super::budget`]): what it holds counts from
+//! [`Sender::try_send`] until the writer reports it written ([`Receiver::release`]) or the
+//! receiver is dropped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +17,9 @@ use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
+
+use super::budget::Budget;
+use crate::monitor::entry::QueueLevel;
 
 /// Capacity kept by a drained queue; anything beyond is given back.
 const KEEP: usize = 16;
@@ -25,6 +32,9 @@ struct Shared {
     ping: AtomicBool,
     senders: AtomicUsize,
     receiver_gone: AtomicBool,
+    /// Bytes queued or taken and not yet written (changed under the items lock when added).
+    held: AtomicUsize,
+    budget: Arc<Budget>,
 }
 
 impl Shared {
@@ -38,12 +48,20 @@ impl Shared {
 pub enum TrySendError {
     /// `capacity` messages are waiting.
     Full,
+    /// The message would take the queue over its share of the byte budget.
+    OverBudget,
     /// The receiver is gone (the connection is ending).
     Closed,
 }
 
-/// A queue of at most `capacity` messages.
+/// A queue of at most `capacity` messages, with no byte limit.
 pub fn channel(capacity: usize) -> (Sender, Receiver) {
+    budgeted(capacity, Budget::unlimited())
+}
+
+/// A queue of at most `capacity` messages and `budget`'s per-connection share of bytes,
+/// counted in `budget`.
+pub fn budgeted(capacity: usize, budget: Arc<Budget>) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         items: Mutex::new(VecDeque::new()),
         capacity,
@@ -51,6 +69,8 @@ pub fn channel(capacity: usize) -> (Sender, Receiver) {
         ping: AtomicBool::new(false),
         senders: AtomicUsize::new(1),
         receiver_gone: AtomicBool::new(false),
+        held: AtomicUsize::new(0),
+        budget,
     });
     (Sender(shared.clone()), Receiver(shared))
 }
@@ -79,11 +99,18 @@ impl Sender {
         if self.0.receiver_gone.load(Ordering::Relaxed) {
             return Err(TrySendError::Closed);
         }
+        let len = item.len();
         let mut items = self.0.items();
         if items.len() >= self.0.capacity {
             return Err(TrySendError::Full);
         }
+        let held = self.0.held.load(Ordering::Relaxed);
+        if held.saturating_add(len) > self.0.budget.per_connection() {
+            return Err(TrySendError::OverBudget);
+        }
         items.push_back(item);
+        self.0.held.fetch_add(len, Ordering::Relaxed);
+        self.0.budget.add(len);
         drop(items);
         self.0.waker.wake();
         Ok(())
@@ -109,6 +136,23 @@ impl WeakSender {
     /// Messages waiting (0 once the queue is gone).
     pub fn depth(&self) -> usize {
         self.0.upgrade().map_or(0, |s| s.items().len())
+    }
+
+    /// Messages waiting and bytes held (zeros once the queue is gone).
+    pub fn level(&self) -> QueueLevel {
+        self.0
+            .upgrade()
+            .map_or(QueueLevel::default(), |s| QueueLevel {
+                messages: s.items().len(),
+                bytes: s.held.load(Ordering::Relaxed),
+            })
+    }
+}
+
+impl Sender {
+    /// Bytes this queue holds (queued, or taken and not yet written).
+    pub fn held(&self) -> usize {
+        self.0.held.load(Ordering::Relaxed)
     }
 }
 
@@ -157,17 +201,32 @@ impl Receiver {
         (self.0.senders.load(Ordering::Acquire) == 0).then_some(Recv::Closed)
     }
 
+    /// Reports `bytes` of what was taken as written: they no longer count against the budget.
+    pub fn release(&self, bytes: usize) {
+        let bytes = bytes.min(self.0.held.load(Ordering::Relaxed));
+        self.0.held.fetch_sub(bytes, Ordering::Relaxed);
+        self.0.budget.sub(bytes);
+    }
+
     /// A waiting message, if any (tests read queues without a runtime).
     #[cfg(test)]
     pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
-        self.0.items().pop_front()
+        let item = self.0.items().pop_front();
+        if let Some(item) = &item {
+            self.release(item.len());
+        }
+        item
     }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.0.receiver_gone.store(true, Ordering::Relaxed);
-        self.0.items().clear();
+        let mut items = self.0.items();
+        items.clear();
+        let held = self.0.held.swap(0, Ordering::Relaxed);
+        drop(items);
+        self.0.budget.sub(held);
     }
 }
 
@@ -239,6 +298,32 @@ mod tests {
         tx.request_ping();
         assert_eq!(rx.recv_many(&mut buffer, 10).await, Recv::Ping);
         assert_eq!(rx.recv_many(&mut buffer, 10).await, Recv::Items(1));
+    }
+
+    #[test]
+    fn bytes_are_bounded_per_queue_and_counted_until_written_or_dropped() {
+        let budget = Budget::new(10, usize::MAX);
+        let (tx, rx) = budgeted(100, budget.clone());
+        assert_eq!(tx.try_send("12345".into()), Ok(()));
+        assert_eq!(tx.try_send("123456".into()), Err(TrySendError::OverBudget));
+        assert_eq!(tx.try_send("12345".into()), Ok(()));
+        assert_eq!((tx.held(), budget.held()), (10, 10));
+        // Taken by the writer: still held until written.
+        let mut buffer = Vec::new();
+        assert_eq!(rx.take(&mut buffer, 1), Some(Recv::Items(1)));
+        assert_eq!(budget.held(), 10);
+        rx.release(5);
+        assert_eq!((tx.held(), budget.held()), (5, 5));
+        let (tx2, rx2) = budgeted(100, budget.clone());
+        tx2.try_send("abc".into()).unwrap();
+        assert_eq!(budget.held(), 8);
+        drop(rx2);
+        drop(rx);
+        assert_eq!(
+            (tx.held(), budget.held()),
+            (0, 0),
+            "given back with the receivers"
+        );
     }
 
     #[tokio::test]

@@ -326,7 +326,11 @@ where
         match tokio::time::timeout(send_timeout, write).await {
             Err(_) => return End::Server(CloseReason::SlowConsumer),
             Ok(Err(_)) => return End::WriteFailed,
-            Ok(Ok(())) => entry.record_sent_many(frames, bytes),
+            Ok(Ok(())) => {
+                // Written: no longer held against the byte budget.
+                outbound.release(bytes);
+                entry.record_sent_many(frames, bytes);
+            }
         }
         // A burst grew the batch; a quiet connection gives that memory back.
         if frames <= 4 && batch.capacity() > 16 {

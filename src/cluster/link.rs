@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{Wire, MAX_PAYLOAD};
+use super::wire::{ChatOut, Wire, MAX_PAYLOAD};
 use super::Shared;
 use crate::chat::hub::Forward;
 use crate::telemetry::metrics::{BackplaneDrop, BackplaneOp};
@@ -57,6 +57,14 @@ impl Forward for Outbox {
             let traceparent = telemetry::spans::traceparent(&span);
             (Some(span), traceparent)
         });
+        // Bounded in bytes as well as in messages: reserve the text's size first.
+        let len = text.len();
+        let queued = self.shared.queued_bytes.fetch_add(len, Relaxed);
+        if queued + len > self.shared.max_queued_bytes {
+            self.shared.queued_bytes.fetch_sub(len, Relaxed);
+            metrics.backplane_drop(BackplaneDrop::QueueFull, 1);
+            return;
+        }
         let item = Outgoing::Chat {
             text: text.clone(),
             sent_at: unix_now_ns(),
@@ -65,11 +73,13 @@ impl Forward for Outbox {
         };
         match self.tx.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics.backplane_drop(BackplaneDrop::QueueFull, 1)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                metrics.backplane_drop(BackplaneDrop::BackplaneDown, 1)
+            Err(e) => {
+                self.shared.queued_bytes.fetch_sub(len, Relaxed);
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => BackplaneDrop::QueueFull,
+                    mpsc::error::TrySendError::Closed(_) => BackplaneDrop::BackplaneDown,
+                };
+                metrics.backplane_drop(why, 1);
             }
         }
     }
@@ -214,7 +224,10 @@ fn link_down(shared: &Shared, rx: &mut mpsc::Receiver<Outgoing>, error: &redis::
     shared.set_publishing(false);
     let mut stale = 0;
     while let Ok(item) = rx.try_recv() {
-        stale += u64::from(matches!(item, Outgoing::Chat { .. }));
+        if let Outgoing::Chat { text, .. } = &item {
+            stale += 1;
+            shared.queued_bytes.fetch_sub(text.len(), Relaxed);
+        }
     }
     shared
         .metrics
@@ -242,13 +255,15 @@ async fn publish_batch(
             } => {
                 *seq += 1;
                 chats += 1;
-                let wire = Wire::Chat {
-                    node: shared.node.clone(),
+                shared.queued_bytes.fetch_sub(text.len(), Relaxed);
+                // Serialized straight from the queued text (no owned copy of it first).
+                let wire = ChatOut {
+                    node: &shared.node,
                     epoch: shared.epoch,
                     seq: *seq,
                     sent_at,
-                    text: text.as_str().to_owned(),
-                    traceparent,
+                    text: text.as_str(),
+                    traceparent: traceparent.as_deref(),
                 };
                 pipe.publish(&chat_channel, encode(&wire)).ignore();
                 spans.extend(span);
@@ -270,7 +285,7 @@ async fn publish_batch(
     result
 }
 
-fn encode(wire: &Wire) -> Vec<u8> {
+fn encode(wire: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(wire).expect("wire messages serialize")
 }
 

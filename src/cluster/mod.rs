@@ -57,6 +57,9 @@ pub(crate) struct Shared {
     max_nodes: usize,
     publishing: AtomicBool,
     subscribed: AtomicBool,
+    /// Chat bytes waiting in the publish queue, and their limit (`cluster.publish_queue_bytes`).
+    queued_bytes: std::sync::atomic::AtomicUsize,
+    max_queued_bytes: usize,
     view: RwLock<View>,
     pending: Pending,
     sequences: Sequences,
@@ -162,6 +165,8 @@ impl Cluster {
             max_nodes: settings.max_nodes,
             publishing: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
+            queued_bytes: std::sync::atomic::AtomicUsize::new(0),
+            max_queued_bytes: settings.publish_queue_bytes,
             view: RwLock::default(),
             pending: Pending::new(settings.max_pending_requests),
             sequences: Sequences::new(settings.max_nodes),

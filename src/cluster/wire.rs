@@ -66,6 +66,20 @@ pub enum Wire {
     },
 }
 
+/// [`Wire::Chat`] as the publisher writes it: the same JSON, borrowing the queued text instead
+/// of copying it into an owned message first.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "chat")]
+pub struct ChatOut<'a> {
+    pub node: &'a str,
+    pub epoch: u64,
+    pub seq: u64,
+    pub sent_at: u64,
+    pub text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<&'a str>,
+}
+
 /// A connections-API operation served by another node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -123,6 +137,32 @@ mod tests {
         };
         let json = serde_json::to_string(&chat).unwrap();
         assert!(!json.contains("traceparent"));
+        // What the publisher writes, borrowing the text, is the very same JSON.
+        for traceparent in [
+            None,
+            Some("00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"),
+        ] {
+            let owned = Wire::Chat {
+                node: "a".into(),
+                epoch: 1,
+                seq: 2,
+                sent_at: 3,
+                text: "Client #x says: \"hi\" \u{1F600}".into(),
+                traceparent: traceparent.map(str::to_owned),
+            };
+            let borrowed = ChatOut {
+                node: "a",
+                epoch: 1,
+                seq: 2,
+                sent_at: 3,
+                text: "Client #x says: \"hi\" \u{1F600}",
+                traceparent,
+            };
+            assert_eq!(
+                serde_json::to_string(&borrowed).unwrap(),
+                serde_json::to_string(&owned).unwrap()
+            );
+        }
         assert!(json.as_bytes().starts_with(&chat_prefix("a", 1)));
         assert!(!json.as_bytes().starts_with(&chat_prefix("ab", 1)));
         assert!(!json.as_bytes().starts_with(&chat_prefix("a", 11)));

@@ -133,7 +133,7 @@ pub fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
 
 fn validate(s: &Settings) -> Result<(), (String, String)> {
     let l = &s.limits;
-    let positive: [(&str, u64); 28] = [
+    let positive: [(&str, u64); 30] = [
         (
             "server.max_http_connections_per_ip",
             s.server.max_http_connections_per_ip as u64,
@@ -190,6 +190,11 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
             "websocket.outbound_queue",
             s.websocket.outbound_queue as u64,
         ),
+        (
+            "websocket.outbound_queue_bytes",
+            s.websocket.outbound_queue_bytes as u64,
+        ),
+        ("limits.max_outbound_bytes", l.max_outbound_bytes as u64),
         ("websocket.send_timeout_ms", s.websocket.send_timeout_ms),
         ("websocket.close_timeout_ms", s.websocket.close_timeout_ms),
         (
@@ -351,6 +356,7 @@ fn check_cluster(c: &super::ClusterSettings) -> Result<(), (String, String)> {
         ("heartbeat_ms", c.heartbeat_ms),
         ("request_timeout_ms", c.request_timeout_ms),
         ("publish_queue", c.publish_queue as u64),
+        ("publish_queue_bytes", c.publish_queue_bytes as u64),
         ("max_pending_requests", c.max_pending_requests as u64),
         ("max_nodes", c.max_nodes as u64),
     ] {

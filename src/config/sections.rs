@@ -69,6 +69,8 @@ pub struct WebSocketSettings {
     pub max_write_buffer_size: usize,
     /// Outbound queue per connection (messages); overflow closes it as `slow_consumer`.
     pub outbound_queue: usize,
+    /// Outbound bytes held per connection (queued or being written); over it, `slow_consumer`.
+    pub outbound_queue_bytes: usize,
     /// Longest a single write may block before the client is closed as `slow_consumer` (ms).
     pub send_timeout_ms: u64,
     /// Time allowed for sending the close frame when the server closes (ms).
@@ -90,6 +92,7 @@ impl Default for WebSocketSettings {
             write_buffer_size: 8 * 1024,
             max_write_buffer_size: 1024 * 1024,
             outbound_queue: 256,
+            outbound_queue_bytes: 4 << 20,
             send_timeout_ms: 10_000,
             close_timeout_ms: 1_000,
             max_client_id_chars: 64,
@@ -133,6 +136,8 @@ pub struct LimitSettings {
     pub max_connections: usize,
     /// Connections one client address may hold at once; more get HTTP 429.
     pub max_connections_per_ip: usize,
+    /// Outbound bytes held for all clients together; over it the largest holders are shed.
+    pub max_outbound_bytes: usize,
 }
 
 impl Default for LimitSettings {
@@ -145,6 +150,7 @@ impl Default for LimitSettings {
             rate_limit_window_secs: 10,
             max_connections: 10_000,
             max_connections_per_ip: 100,
+            max_outbound_bytes: 1 << 30,
         }
     }
 }
@@ -269,6 +275,8 @@ pub struct ClusterSettings {
     pub presence_ttl_ms: u64,
     /// Messages waiting to be published to Redis, at most; beyond, they are dropped and counted.
     pub publish_queue: usize,
+    /// ...and in bytes of chat text.
+    pub publish_queue_bytes: usize,
     /// Longest wait for another node's answer to a connections-API request (ms).
     pub request_timeout_ms: u64,
     /// Requests to other nodes in flight at once, at most; beyond, 503.
@@ -287,6 +295,7 @@ impl Default for ClusterSettings {
             heartbeat_ms: 2_000,
             presence_ttl_ms: 6_000,
             publish_queue: 8_192,
+            publish_queue_bytes: 32 << 20,
             request_timeout_ms: 2_000,
             max_pending_requests: 64,
             max_nodes: 256,

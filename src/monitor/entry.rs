@@ -42,8 +42,17 @@ impl ConnectionInfo {
 /// Longest user agent kept per connection (bytes); longer ones are cut at a char boundary.
 pub const MAX_USER_AGENT: usize = 256;
 
-/// Reads a connection's outbound queue depth; supplied by whoever owns the queue.
-pub type QueueProbe = Box<dyn Fn() -> usize + Send + Sync>;
+/// How full a connection's outbound queue is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueLevel {
+    /// Messages waiting.
+    pub messages: usize,
+    /// Bytes held: waiting, or taken by the writer and not yet written.
+    pub bytes: usize,
+}
+
+/// Reads a connection's outbound queue level; supplied by whoever owns the queue.
+pub type QueueProbe = Box<dyn Fn() -> QueueLevel + Send + Sync>;
 
 /// A live connection's record, shared between its task, the registry and the APIs.
 pub struct ConnectionEntry {
@@ -193,7 +202,14 @@ impl ConnectionEntry {
 
     /// Current outbound queue depth, or 0 when no queue is attached.
     pub fn queue_depth(&self) -> usize {
-        self.queue_probe.get().map_or(0, |p| p())
+        self.queue_level().messages
+    }
+
+    /// Current outbound queue level (zeros when no queue is attached).
+    pub fn queue_level(&self) -> QueueLevel {
+        self.queue_probe
+            .get()
+            .map_or(QueueLevel::default(), |p| p())
     }
 
     /// The trace id, once telemetry has assigned one.
@@ -238,6 +254,7 @@ impl ConnectionEntry {
     pub fn snapshot(&self, idle_after: Duration) -> ConnectionSnapshot {
         let now = now_us();
         let (bytes_received, bytes_sent) = self.bytes();
+        let level = self.queue_level();
         let idle_seconds =
             now.saturating_sub(self.last_message_us.load(Relaxed)) as f64 / 1_000_000.0;
         ConnectionSnapshot {
@@ -254,7 +271,8 @@ impl ConnectionEntry {
             bytes_sent,
             idle: idle_seconds >= idle_after.as_secs_f64(),
             idle_seconds,
-            queue_depth: self.queue_depth(),
+            queue_depth: level.messages,
+            queue_bytes: level.bytes,
             trace_id: self.trace_id.get().cloned().unwrap_or_default(),
             trace_url: String::new(),
             closing: self.requested_close().map(CloseReason::as_str),
@@ -282,6 +300,8 @@ pub struct ConnectionSnapshot {
     /// Seconds since the last message from the client.
     pub idle_seconds: f64,
     pub queue_depth: usize,
+    /// Outbound bytes held for it (queued, or being written).
+    pub queue_bytes: usize,
     /// The connection's trace id; empty when tracing export is off.
     pub trace_id: String,
     /// Link to the trace (`telemetry.trace_url_template`); empty without a trace id.

@@ -1,5 +1,5 @@
 //! Periodic sampling of the gauges that need a walk over all connections (idle connections,
-//! queued outbound messages). It walks the registry in chunks every `monitor.sample_interval_ms`
+//! queued outbound messages and bytes). It walks the registry in chunks every `monitor.sample_interval_ms`
 //! (the lock is released between chunks), so the message path never pays for it.
 
 use std::time::Duration;
@@ -23,16 +23,19 @@ pub async fn run(registry: Registry, every: Duration, shutdown: CancellationToke
 /// One sample: sets the idle-connections and send-queue gauges.
 pub fn sample(registry: &Registry) {
     let idle_after = registry.idle_after();
-    let (mut idle, mut queued) = (0u64, 0u64);
+    let (mut idle, mut queued, mut bytes) = (0u64, 0u64, 0u64);
     for entry in registry.scan_all() {
         if entry.idle_for() >= idle_after {
             idle += 1;
         }
-        queued += entry.queue_depth() as u64;
+        let level = entry.queue_level();
+        queued += level.messages as u64;
+        bytes += level.bytes as u64;
     }
     let metrics = registry.metrics();
     metrics.idle_connections.set(idle as f64);
     metrics.send_queue_messages.set(queued as f64);
+    metrics.send_queue_bytes.set(bytes as f64);
 }
 
 #[cfg(test)]
@@ -40,6 +43,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::monitor::entry::QueueLevel;
     use crate::monitor::registry::RegistryOptions;
     use crate::monitor::ConnectionInfo;
     use crate::telemetry::metrics;
@@ -53,7 +57,10 @@ mod tests {
             metrics: Arc::clone(&handle.metrics),
         });
         let quiet = registry.register(ConnectionInfo::new("quiet"));
-        quiet.entry().set_queue_probe(Box::new(|| 3));
+        quiet.entry().set_queue_probe(Box::new(|| QueueLevel {
+            messages: 3,
+            bytes: 700,
+        }));
         let busy = registry.register(ConnectionInfo::new("busy"));
         tokio::time::sleep(Duration::from_millis(60)).await;
         busy.entry().record_received(1);
@@ -65,6 +72,10 @@ mod tests {
         );
         assert!(
             text.contains("websocket_server_send_queue_messages 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("websocket_server_send_queue_held_bytes 700\n"),
             "{text}"
         );
     }

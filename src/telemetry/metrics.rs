@@ -49,6 +49,9 @@ pub struct Metrics {
     pub fanout_duration: Histogram,
     pub send_queue_messages: Gauge,
     pub send_queue_drops: Counter,
+    pub send_queue_bytes: Gauge,
+    /// Indexed by [`crate::chat::budget::Shed`].
+    pub send_queue_sheds: [Counter; 2],
     pub idle_connections: Gauge,
     pub messages_rate_limited: Counter,
     /// Indexed by [`RejectReason::index`].
@@ -252,6 +255,9 @@ impl Metrics {
             fanout_duration: histogram(names::FANOUT_DURATION, &[]),
             send_queue_messages: gauge(names::SEND_QUEUE_MESSAGES),
             send_queue_drops: counter(names::SEND_QUEUE_DROPS, &[]),
+            send_queue_bytes: gauge(names::SEND_QUEUE_BYTES),
+            send_queue_sheds: ["connection", "process"]
+                .map(|b| counter(names::SEND_QUEUE_SHEDS, &[(names::BUDGET, b)])),
             idle_connections: gauge(names::IDLE_CONNECTIONS),
             messages_rate_limited: counter(names::MESSAGES_RATE_LIMITED, &[]),
             rejections: RejectReason::ALL
@@ -293,6 +299,11 @@ impl Metrics {
     /// Counts one export call.
     pub fn export(&self, signal: Signal, ok: bool) {
         self.telemetry_exports[signal as usize][usize::from(!ok)].increment(1);
+    }
+
+    /// Counts connections the byte budget closed.
+    pub fn shed(&self, budget: crate::chat::budget::Shed, n: u64) {
+        self.send_queue_sheds[budget as usize].increment(n);
     }
 
     /// Counts chat messages that did not cross nodes.

@@ -71,6 +71,8 @@ pub const MESSAGE_SIZE: &str = "websocket.server.message.size";
 pub const FANOUT_DURATION: &str = "websocket.server.fanout.duration";
 pub const SEND_QUEUE_MESSAGES: &str = "websocket.server.send_queue.messages";
 pub const SEND_QUEUE_DROPS: &str = "websocket.server.send_queue.drops";
+pub const SEND_QUEUE_BYTES: &str = "websocket.server.send_queue.held";
+pub const SEND_QUEUE_SHEDS: &str = "websocket.server.send_queue.sheds";
 pub const IDLE_CONNECTIONS: &str = "websocket.server.idle_connections";
 pub const REJECTIONS: &str = "websocket.server.rejections";
 pub const ERRORS: &str = "websocket.server.errors";
@@ -99,6 +101,7 @@ pub const SIGNAL: &str = "signal";
 pub const OUTCOME: &str = "outcome";
 pub const DROP_REASON: &str = "reason";
 pub const OPERATION: &str = "operation";
+pub const BUDGET: &str = "budget";
 pub const HTTP_ROUTE: &str = "http.route";
 pub const HTTP_METHOD: &str = "http.request.method";
 pub const HTTP_STATUS: &str = "http.response.status_code";
@@ -194,6 +197,29 @@ pub const METRICS: &[MetricDef] = &[
         labels: &[],
         buckets: &[],
         description: "Messages not queued because a connection's outbound queue was full.",
+    },
+    MetricDef {
+        name: SEND_QUEUE_BYTES,
+        prometheus: "websocket_server_send_queue_held_bytes",
+        kind: Kind::Gauge,
+        unit: Unit::Bytes,
+        otel_unit: "By",
+        labels: &[],
+        buckets: &[],
+        description: "Outbound bytes held for clients (queued or being written), summed over \
+                      connections (sampled); bounded by limits.max_outbound_bytes.",
+    },
+    MetricDef {
+        name: SEND_QUEUE_SHEDS,
+        prometheus: "websocket_server_send_queue_sheds_total",
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        otel_unit: "{connection}",
+        labels: &[BUDGET],
+        buckets: &[],
+        description: "Connections closed as slow_consumer by the byte budget: over their own \
+                      share (connection) or as the largest holders over the process ceiling \
+                      (process).",
     },
     MetricDef {
         name: IDLE_CONNECTIONS,

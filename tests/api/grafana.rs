@@ -277,7 +277,10 @@ fn compose_has_no_default_secrets_and_publishes_on_loopback_by_default() {
         env.lines().any(|l| l == "WSMON_PUBLISH_ADDRESS=127.0.0.1"),
         ".env publishes on loopback"
     );
-    assert!(!env.contains("TOKEN=") && !env.contains("PASSWORD="), "no secret in .env");
+    assert!(
+        !env.contains("TOKEN=") && !env.contains("PASSWORD="),
+        "no secret in .env"
+    );
     let mut compose = yaml("docker-compose.yml");
     compose.apply_merge().unwrap();
     for (name, service) in compose["services"].as_mapping().unwrap() {
@@ -299,5 +302,8 @@ fn compose_has_no_default_secrets_and_publishes_on_loopback_by_default() {
         }
     }
     let grafana = &compose["services"]["grafana"]["environment"];
-    assert!(grafana["GF_SECURITY_ADMIN_PASSWORD"].is_string(), "Grafana's admin password is set");
+    assert!(
+        grafana["GF_SECURITY_ADMIN_PASSWORD"].is_string(),
+        "Grafana's admin password is set"
+    );
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 mod bad_input;
+mod byte_budget;
 mod chat;
 mod closes_under_traffic;
 mod config;
