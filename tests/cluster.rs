@@ -35,8 +35,12 @@ struct Node {
 
 impl Node {
     fn start(redis_url: &str, id: &str) -> Self {
+        Self::start_with(redis_url, id, &[])
+    }
+
+    fn start_with(redis_url: &str, id: &str, extra: &[(&'static str, String)]) -> Self {
         let env = |k: &'static str, v: &str| (k, v.to_owned());
-        let server = process::start(&[
+        let mut settings = vec![
             env("WSMON_CLUSTER__REDIS_URL", redis_url),
             env("WSMON_CLUSTER__NODE_ID", id),
             env("WSMON_CLUSTER__HEARTBEAT_MS", &HEARTBEAT_MS.to_string()),
@@ -47,7 +51,9 @@ impl Node {
             env("WSMON_LIMITS__MESSAGES_PER_SECOND", "1000000"),
             env("WSMON_LIMITS__MESSAGE_BURST", "1000000"),
             env("WSMON_WEBSOCKET__OUTBOUND_QUEUE", "4096"),
-        ]);
+        ];
+        settings.extend(extra.iter().cloned());
+        let server = process::start(&settings);
         Self {
             server,
             http: reqwest::Client::new(),
@@ -345,6 +351,48 @@ async fn when_redis_restarts_local_chat_never_stops_and_cross_node_chat_resumes(
     assert_eq!(a1.recv_text().await, "Client #b1 says: back");
     let errors = "websocket_server_backplane_errors_total{operation=\"subscribe\"}";
     assert!(a.metric(errors).await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_stalled_redis_fills_the_publish_queue_by_bytes_and_the_overflow_is_counted() {
+    let redis = Redis::start();
+    // Room for about four 10 KB messages, though 8,192 messages would fit by count.
+    let a = Node::start_with(
+        &redis.url(),
+        "node-a",
+        &[("WSMON_CLUSTER__PUBLISH_QUEUE_BYTES", "40000".to_owned())],
+    );
+    a.wait_ready(1).await;
+    let mut a1 = a.connect("a1").await;
+    // Redis stops answering writes (PUBLISH among them) for a second: the publisher's pipeline
+    // waits, and what the node publishes meanwhile waits in its queue.
+    let paused = std::process::Command::new("redis-cli")
+        .args(["-u", &redis.url(), "CLIENT", "PAUSE", "1000", "WRITE"])
+        .output()
+        .expect("redis-cli (Debian: redis-tools, with redis-server)");
+    assert!(paused.status.success(), "{paused:?}");
+    let text = "y".repeat(10_000);
+    for _ in 0..30 {
+        a1.send(&text).await;
+        assert_eq!(a1.recv_text().await, format!("You sent: {text}"));
+        assert_eq!(a1.recv_text().await, format!("Client #a1 says: {text}"));
+    }
+    let full = "websocket_server_backplane_dropped_total{reason=\"queue_full\"}";
+    let dropped = a.metric(full).await;
+    assert!(
+        (20.0..30.0).contains(&dropped),
+        "most of the burst overflowed the 40,000-byte queue: {dropped}"
+    );
+    // Redis answers again: the node publishes again, and its queue holds nothing stale.
+    a.wait_ready(1).await;
+    a1.send("after").await;
+    assert_eq!(a1.recv_text().await, "You sent: after");
+    let published = "websocket_server_backplane_messages_total{direction=\"published\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.metric(published).await < 30.0 - dropped + 1.0 {
+        assert!(Instant::now() < deadline, "the rest was published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
