@@ -11,7 +11,7 @@
 //! receiver is dropped.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Poll;
 
@@ -35,6 +35,15 @@ struct Shared {
     /// Bytes queued or taken and not yet written (changed under the items lock when added).
     held: AtomicUsize,
     budget: Arc<Budget>,
+    /// When the writer last made progress (wrote something, or the queue started holding
+    /// bytes), as [`ticks`]: a client that keeps up is never long without progress.
+    progress: AtomicU64,
+}
+
+/// Milliseconds since the first call (a cheap, monotonic clock for [`Shared::progress`]).
+fn ticks() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 impl Shared {
@@ -71,6 +80,7 @@ pub fn budgeted(capacity: usize, budget: Arc<Budget>) -> (Sender, Receiver) {
         receiver_gone: AtomicBool::new(false),
         held: AtomicUsize::new(0),
         budget,
+        progress: AtomicU64::new(0),
     });
     (Sender(shared.clone()), Receiver(shared))
 }
@@ -109,7 +119,9 @@ impl Sender {
             return Err(TrySendError::OverBudget);
         }
         items.push_back(item);
-        self.0.held.fetch_add(len, Ordering::Relaxed);
+        if self.0.held.fetch_add(len, Ordering::Relaxed) == 0 {
+            self.0.progress.store(ticks(), Ordering::Relaxed);
+        }
         self.0.budget.add(len);
         drop(items);
         self.0.waker.wake();
@@ -153,6 +165,16 @@ impl Sender {
     /// Bytes this queue holds (queued, or taken and not yet written).
     pub fn held(&self) -> usize {
         self.0.held.load(Ordering::Relaxed)
+    }
+
+    /// How long the queue has held bytes without its writer writing any (zero when it holds
+    /// none).
+    pub fn stalled_for(&self) -> std::time::Duration {
+        if self.held() == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let since = self.0.progress.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(ticks().saturating_sub(since))
     }
 }
 
@@ -206,6 +228,7 @@ impl Receiver {
         let bytes = bytes.min(self.0.held.load(Ordering::Relaxed));
         self.0.held.fetch_sub(bytes, Ordering::Relaxed);
         self.0.budget.sub(bytes);
+        self.0.progress.store(ticks(), Ordering::Relaxed);
     }
 
     /// A waiting message, if any (tests read queues without a runtime).
