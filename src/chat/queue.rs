@@ -43,7 +43,10 @@ struct Shared {
 /// Milliseconds since the first call (a cheap, monotonic clock for [`Shared::progress`]).
 fn ticks() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl Shared {
