@@ -60,9 +60,9 @@ pub struct Hub {
 
 /// How long after the process goes over its byte ceiling the shed pass runs.
 pub const SHED_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
-/// How long a writer must have written nothing while holding bytes to be chosen: a client that
-/// keeps up writes within moments even on a loaded server, so only the ones that do not are
-/// shed.
+/// How long a writer must have been stuck in one write to be chosen: a peer that reads lets a
+/// write finish within moments even on a loaded server (a writer waiting for CPU has not
+/// started one), so only the ones that do not read are shed.
 pub const STALLED_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Default for Hub {
@@ -226,8 +226,8 @@ impl Hub {
             if member.entry.close_is_requested() {
                 closing += held;
             } else if member.tx.stalled_for() >= STALLED_AFTER {
-                // Only writers that made no progress for a while: a client that keeps up
-                // writes what it holds within moments, whatever its share of a burst.
+                // Only writers stuck in a write: a client that reads finishes its writes
+                // within moments, whatever its share of a burst.
                 holders.push((held, member));
             }
         }
@@ -355,10 +355,11 @@ mod tests {
         // 10,000 bytes per connection, 1,500 for the process.
         let hub = Hub::with_budget(Metrics::noop(), Budget::new(10_000, 1_500));
         let (reader_guard, _r, mut reader_rx) = member(&registry, &hub, "reader", 100);
-        let (a_guard, _a, _a_rx) = member(&registry, &hub, "stalled-a", 100);
-        let (b_guard, _b, _b_rx) = member(&registry, &hub, "stalled-b", 100);
+        let (a_guard, _a, mut a_rx) = member(&registry, &hub, "stalled-a", 100);
+        let (b_guard, _b, mut b_rx) = member(&registry, &hub, "stalled-b", 100);
         let text: Utf8Bytes = "x".repeat(300).into();
-        for _ in 0..3 {
+        let mut in_flight = Vec::new();
+        for i in 0..3 {
             hub.publish(Envelope {
                 text: text.clone(),
                 except: None,
@@ -366,6 +367,11 @@ mod tests {
             });
             // The reader keeps up: what it is given is written (released) at once.
             assert!(reader_rx.try_recv().is_some());
+            if i == 0 {
+                // The stalled writers take the first message and never finish writing it.
+                a_rx.recv_many(&mut in_flight, 1).await;
+                b_rx.recv_many(&mut in_flight, 1).await;
+            }
         }
         // a and b hold 900 each: 1,800 > 1,500. Once they have written nothing for
         // STALLED_AFTER, a pass (any publish schedules one) sheds one of them (900 covers the

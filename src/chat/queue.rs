@@ -35,12 +35,13 @@ struct Shared {
     /// Bytes queued or taken and not yet written (changed under the items lock when added).
     held: AtomicUsize,
     budget: Arc<Budget>,
-    /// When the writer last made progress (wrote something, or the queue started holding
-    /// bytes), as [`ticks`]: a client that keeps up is never long without progress.
-    progress: AtomicU64,
+    /// Since when the writer has been writing what it took, as [`ticks`] + 1 (0: it is not
+    /// writing). A writer blocked by a peer that does not read stays in its write; one that is
+    /// merely waiting for CPU has not taken anything yet.
+    writing_since: AtomicU64,
 }
 
-/// Milliseconds since the first call (a cheap, monotonic clock for [`Shared::progress`]).
+/// Milliseconds since the first call (a cheap, monotonic clock for [`Shared::writing_since`]).
 fn ticks() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     EPOCH
@@ -83,7 +84,7 @@ pub fn budgeted(capacity: usize, budget: Arc<Budget>) -> (Sender, Receiver) {
         receiver_gone: AtomicBool::new(false),
         held: AtomicUsize::new(0),
         budget,
-        progress: AtomicU64::new(0),
+        writing_since: AtomicU64::new(0),
     });
     (Sender(shared.clone()), Receiver(shared))
 }
@@ -122,9 +123,7 @@ impl Sender {
             return Err(TrySendError::OverBudget);
         }
         items.push_back(item);
-        if self.0.held.fetch_add(len, Ordering::Relaxed) == 0 {
-            self.0.progress.store(ticks(), Ordering::Relaxed);
-        }
+        self.0.held.fetch_add(len, Ordering::Relaxed);
         self.0.budget.add(len);
         drop(items);
         self.0.waker.wake();
@@ -170,14 +169,13 @@ impl Sender {
         self.0.held.load(Ordering::Relaxed)
     }
 
-    /// How long the queue has held bytes without its writer writing any (zero when it holds
-    /// none).
+    /// How long the writer has been in the write of what it last took (zero when it is not
+    /// writing): long only for a peer that does not read.
     pub fn stalled_for(&self) -> std::time::Duration {
-        if self.held() == 0 {
-            return std::time::Duration::ZERO;
+        match self.0.writing_since.load(Ordering::Relaxed) {
+            0 => std::time::Duration::ZERO,
+            since => std::time::Duration::from_millis(ticks().saturating_sub(since - 1)),
         }
-        let since = self.0.progress.load(Ordering::Relaxed);
-        std::time::Duration::from_millis(ticks().saturating_sub(since))
     }
 }
 
@@ -218,6 +216,12 @@ impl Receiver {
         if !items.is_empty() {
             let n = limit.min(items.len());
             buffer.extend(items.drain(..n));
+            let _ = self.0.writing_since.compare_exchange(
+                0,
+                ticks() + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             if items.is_empty() && items.capacity() > KEEP {
                 items.shrink_to(KEEP);
             }
@@ -231,7 +235,7 @@ impl Receiver {
         let bytes = bytes.min(self.0.held.load(Ordering::Relaxed));
         self.0.held.fetch_sub(bytes, Ordering::Relaxed);
         self.0.budget.sub(bytes);
-        self.0.progress.store(ticks(), Ordering::Relaxed);
+        self.0.writing_since.store(0, Ordering::Relaxed);
     }
 
     /// A waiting message, if any (tests read queues without a runtime).
