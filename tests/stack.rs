@@ -153,17 +153,22 @@ async fn chat(
     }
 }
 
-async fn prometheus(expr: &str) -> Result<Vec<Value>, String> {
-    let url = format!("http://{}/api/v1/query", env("STACK_PROMETHEUS"));
-    let body: Value = reqwest::Client::new()
+/// A JSON answer to `GET url?query`; `None` when the request or the body fails.
+async fn get_json(url: &str, query: &[(&str, &str)]) -> Option<Value> {
+    reqwest::Client::new()
         .get(url)
-        .query(&[("query", expr)])
+        .query(query)
         .send()
         .await
-        .unwrap()
+        .ok()?
         .json()
         .await
-        .unwrap();
+        .ok()
+}
+
+async fn prometheus(expr: &str) -> Result<Vec<Value>, String> {
+    let url = format!("http://{}/api/v1/query", env("STACK_PROMETHEUS"));
+    let body = get_json(&url, &[("query", expr)]).await.unwrap();
     if body["status"] != "success" {
         return Err(format!("{expr}: {body}"));
     }
@@ -191,21 +196,17 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
 async fn jaeger_trace(operation: &str, tags: Value) -> Option<Value> {
     let url = format!("http://{}/api/traces", env("STACK_JAEGER_QUERY"));
     let tags = tags.to_string();
-    let body: Value = reqwest::Client::new()
-        .get(url)
-        .query(&[
+    let body = get_json(
+        &url,
+        &[
             ("service", "wsmon"),
             ("operation", operation),
             ("tags", &tags),
             ("lookback", "1h"),
             ("limit", "5"),
-        ])
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+        ],
+    )
+    .await?;
     body["data"].as_array()?.first().cloned()
 }
 
@@ -704,21 +705,18 @@ async fn scraped(server: &process::Server, series: &str) -> f64 {
 async fn disconnects_in_jaeger(reason: &str, prefix: &str) -> BTreeSet<String> {
     let url = format!("http://{}/api/traces", env("STACK_JAEGER_QUERY"));
     let tags = serde_json::json!({ "close.reason": reason }).to_string();
-    let body: Value = reqwest::Client::new()
-        .get(url)
-        .query(&[
+    let body = get_json(
+        &url,
+        &[
             ("service", "wsmon"),
             ("operation", "websocket.connection"),
             ("tags", &tags),
             ("lookback", "1h"),
             ("limit", "50000"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ],
+    )
+    .await
+    .unwrap();
     let mut found = BTreeSet::new();
     for trace in body["data"].as_array().into_iter().flatten() {
         for span in trace["spans"].as_array().into_iter().flatten() {
@@ -752,7 +750,7 @@ async fn connect_all(server: &process::Server, prefix: &str, n: usize) -> Vec<Ws
     }
     let stats_url = format!("http://{}/ws-stats", server.addr);
     eventually("every storm client connected", || async {
-        let stats: Value = reqwest::get(&stats_url).await.ok()?.json().await.ok()?;
+        let stats = get_json(&stats_url, &[]).await?;
         (stats["global_stats"]["active_connections"] == n).then_some(())
     })
     .await;

@@ -97,11 +97,6 @@ impl Hub {
         }
     }
 
-    /// The byte budget of the members' queues.
-    pub fn budget(&self) -> &Arc<Budget> {
-        &self.budget
-    }
-
     /// Hands every message published from now on to `forward` as well (once; later calls are
     /// ignored and return `false`).
     pub fn set_forward(&self, forward: Arc<dyn Forward>) -> bool {

@@ -67,7 +67,8 @@ pub enum TrySendError {
     Closed,
 }
 
-/// A queue of at most `capacity` messages, with no byte limit.
+/// A queue of at most `capacity` messages, with no byte limit (tests).
+#[cfg(test)]
 pub fn channel(capacity: usize) -> (Sender, Receiver) {
     budgeted(capacity, Budget::unlimited())
 }
@@ -147,11 +148,6 @@ impl Sender {
 pub struct WeakSender(Weak<Shared>);
 
 impl WeakSender {
-    /// Messages waiting (0 once the queue is gone).
-    pub fn depth(&self) -> usize {
-        self.0.upgrade().map_or(0, |s| s.items().len())
-    }
-
     /// Messages waiting and bytes held (zeros once the queue is gone).
     pub fn level(&self) -> QueueLevel {
         self.0
@@ -272,10 +268,14 @@ mod tests {
         assert_eq!(tx.try_send("a".into()), Ok(()));
         assert_eq!(tx.try_send("b".into()), Ok(()));
         assert_eq!(tx.try_send("c".into()), Err(TrySendError::Full));
-        assert_eq!(tx.downgrade().depth(), 2);
+        assert_eq!(tx.downgrade().level().messages, 2);
         drop(rx);
         assert_eq!(tx.try_send("d".into()), Err(TrySendError::Closed));
-        assert_eq!(tx.downgrade().depth(), 0, "cleared with the receiver");
+        assert_eq!(
+            tx.downgrade().level().messages,
+            0,
+            "cleared with the receiver"
+        );
     }
 
     #[tokio::test]

@@ -65,7 +65,7 @@ impl Resolver {
 
     /// Whether `ip` is one of the trusted proxies.
     pub fn is_trusted(&self, ip: &IpAddr) -> bool {
-        self.trusted.iter().any(|net| net.contains(ip))
+        trusts(&self.trusted, ip)
     }
 
     /// The client address of a request from `peer`.
@@ -84,7 +84,7 @@ pub fn resolve(
     trusted: &[IpNet],
     header: AddressHeader,
 ) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &IpAddr| trusts(trusted, ip);
     if !is_trusted(&peer) {
         return peer;
     }
@@ -108,6 +108,10 @@ pub fn resolve(
         }
     }
     client
+}
+
+fn trusts(trusted: &[IpNet], ip: &IpAddr) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
 }
 
 /// `X-Real-IP` holds one address; several headers (a client's own and the proxy's) make the

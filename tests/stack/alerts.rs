@@ -287,7 +287,7 @@ async fn error_and_idle_spikes_reach_the_webhook_with_their_annotations_then_res
     eventually(
         "the spike's disconnects behind the alert's Jaeger link",
         || async {
-            let body: Value = reqwest::get(&api).await.ok()?.json().await.ok()?;
+            let body = get_json(&api, &[]).await?;
             body["data"].as_array()?.iter().find_map(|trace| {
                 trace["spans"].as_array()?.iter().find(|s| {
                     s["operationName"] == "websocket.connection"
@@ -347,17 +347,8 @@ async fn exemplars(prometheus: &str, instance: &str, secs: u64) -> Vec<(String, 
     let query = format!(
         "traces_span_metrics_calls_total{{instance=\"{instance}\",span_name=\"websocket.connection\",status_code=\"STATUS_CODE_ERROR\"}}"
     );
-    let body: Value = reqwest::Client::new()
-        .get(url)
-        .query(&[
-            ("query", query),
-            ("start", (end - secs).to_string()),
-            ("end", end.to_string()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let (start, end) = ((end - secs).to_string(), end.to_string());
+    let body = get_json(&url, &[("query", &query), ("start", &start), ("end", &end)])
         .await
         .unwrap();
     let mut found = Vec::new();
@@ -396,7 +387,7 @@ async fn an_abnormal_disconnect_spike_leads_by_exemplar_to_its_trace_and_feeds_j
     assert_eq!(reason, "client_gone");
     let url = format!("http://{}/api/traces/{trace_id}", env("STACK_JAEGER_QUERY"));
     let span = eventually("the exemplar's trace in Jaeger", || async {
-        let body: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        let body = get_json(&url, &[]).await?;
         body["data"][0]["spans"]
             .as_array()?
             .iter()
@@ -422,7 +413,7 @@ async fn an_abnormal_disconnect_spike_leads_by_exemplar_to_its_trace_and_feeds_j
         now_ms + 60_000
     );
     let points = eventually("call rates in Jaeger's Monitor tab", || async {
-        let body: Value = reqwest::get(&calls).await.ok()?.json().await.ok()?;
+        let body = get_json(&calls, &[]).await?;
         let points: Vec<f64> = body["metrics"]
             .as_array()?
             .iter()
