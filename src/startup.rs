@@ -113,22 +113,27 @@ impl Application {
         .with_prometheus(metrics.prometheus.clone())
         .with_auth(Auth::new(&settings.auth))
         .with_node(node.clone());
-        let cluster = settings.cluster.enabled().then(|| {
-            Cluster::start(
-                &settings.cluster,
-                cluster::LocalNode {
-                    address: node.address.clone(),
-                    hub,
-                    registry: registry.clone(),
-                    metrics: metrics.metrics.clone(),
-                    serve: stats::serve_remote(monitoring.clone()),
-                    // "Client #" + an id of at most max_client_id_chars (4 bytes each) + " says: ".
-                    max_text: settings.websocket.max_message_size
-                        + 4 * settings.websocket.max_client_id_chars
-                        + 16,
-                },
-            )
-        });
+        let cluster = settings
+            .cluster
+            .enabled()
+            .then(|| {
+                Cluster::start(
+                    &settings.cluster,
+                    cluster::LocalNode {
+                        address: node.address.clone(),
+                        hub,
+                        registry: registry.clone(),
+                        metrics: metrics.metrics.clone(),
+                        serve: stats::serve_remote(monitoring.clone()),
+                        // "Client #" + an id of at most max_client_id_chars (4 bytes each) + " says: ".
+                        max_text: settings.websocket.max_message_size
+                            + 4 * settings.websocket.max_client_id_chars
+                            + 16,
+                    },
+                )
+            })
+            .transpose()
+            .map_err(std::io::Error::other)?;
         let monitoring = match &cluster {
             Some(c) => monitoring.with_cluster(c.clone()),
             None => monitoring,

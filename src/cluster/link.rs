@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::source::Source;
 use super::wire::{ChatOut, Wire, MAX_PAYLOAD};
 use super::Shared;
 use crate::chat::hub::Forward;
@@ -23,6 +24,9 @@ use crate::telemetry::{self, names::spans};
 const BATCH: usize = 256;
 /// Reconnect backoff: doubles from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+/// ...up to this with Sentinel, where a retry is a cheap lookup that may name the promoted
+/// replica any moment (at 2 s, a failover waited for the backoff rather than for Sentinel).
+const SENTINEL_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Longest a Redis connect or command may take before the link counts as down.
 pub(super) const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -118,11 +122,13 @@ pub(super) fn unix_now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-async fn backoff(attempt: &mut u32, stop: &CancellationToken) -> bool {
-    let delay = BACKOFF
-        .0
-        .saturating_mul(1 << (*attempt).min(5))
-        .min(BACKOFF.1);
+async fn backoff(attempt: &mut u32, source: &Source, stop: &CancellationToken) -> bool {
+    let max = if source.follows_failover() {
+        SENTINEL_BACKOFF_MAX
+    } else {
+        BACKOFF.1
+    };
+    let delay = BACKOFF.0.saturating_mul(1 << (*attempt).min(5)).min(max);
     *attempt += 1;
     tokio::select! {
         () = stop.cancelled() => false,
@@ -130,22 +136,43 @@ async fn backoff(attempt: &mut u32, stop: &CancellationToken) -> bool {
     }
 }
 
-/// A multiplexed connection with wsmon's timeouts.
+/// A multiplexed connection to the primary, with wsmon's timeouts.
 pub(super) async fn connect(
-    client: &redis::Client,
+    source: &Source,
 ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(REDIS_TIMEOUT))
         .set_response_timeout(Some(REDIS_TIMEOUT));
-    client
+    source
+        .client()
+        .await?
         .get_multiplexed_async_connection_with_config(&config)
         .await
+}
+
+/// The publisher's heartbeat: a `PING`, or with Sentinel a `ROLE` that must still say
+/// `master`, so a primary demoted while it stayed reachable is left as well as a dead one.
+async fn check_link(
+    source: &Source,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<()> {
+    if !source.follows_failover() {
+        return redis::cmd("PING").query_async::<()>(conn).await;
+    }
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(conn).await?;
+    match role.first() {
+        Some(redis::Value::BulkString(r)) if r.as_slice() == b"master" => Ok(()),
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "this Redis is no longer the primary",
+        ))),
+    }
 }
 
 /// Publishes what the outbox queues until `stop`, then what is still queued (best effort).
 pub(super) async fn publish_loop(
     shared: Arc<Shared>,
-    client: redis::Client,
+    source: Arc<Source>,
     mut rx: mpsc::Receiver<Outgoing>,
     stop: CancellationToken,
 ) {
@@ -153,12 +180,12 @@ pub(super) async fn publish_loop(
     let mut attempt = 0;
     let mut batch = Vec::with_capacity(BATCH);
     'connect: loop {
-        let mut conn = match connect(&client).await {
+        let mut conn = match connect(&source).await {
             Ok(conn) => conn,
             Err(e) => {
                 shared.metrics.backplane_error(BackplaneOp::Connect);
                 shared.log.failed(&e);
-                if !backoff(&mut attempt, &stop).await {
+                if !backoff(&mut attempt, &source, &stop).await {
                     return;
                 }
                 continue;
@@ -174,10 +201,9 @@ pub(super) async fn publish_loop(
                 n = rx.recv_many(&mut batch, BATCH) => n,
                 // A quiet link is checked too, so an outage is noticed before a message is lost.
                 _ = ping.tick() => {
-                    let pong = redis::cmd("PING").query_async::<String>(&mut conn).await;
-                    if let Err(e) = pong {
+                    if let Err(e) = check_link(&source, &mut conn).await {
                         link_down(&shared, &mut rx, &e);
-                        if !backoff(&mut attempt, &stop).await {
+                        if !backoff(&mut attempt, &source, &stop).await {
                             return;
                         }
                         continue 'connect;
@@ -207,7 +233,7 @@ pub(super) async fn publish_loop(
             }
             if let Err(e) = publish_batch(&shared, &mut conn, &mut batch, &mut seq).await {
                 link_down(&shared, &mut rx, &e);
-                if !backoff(&mut attempt, &stop).await {
+                if !backoff(&mut attempt, &source, &stop).await {
                     return;
                 }
                 continue 'connect;
@@ -292,7 +318,7 @@ fn encode(wire: &impl serde::Serialize) -> Vec<u8> {
 /// Receives chat from other nodes and requests/replies for this one until `stop`.
 pub(super) async fn subscribe_loop(
     shared: Arc<Shared>,
-    client: redis::Client,
+    source: Arc<Source>,
     outbox: Arc<Outbox>,
     stop: CancellationToken,
 ) {
@@ -300,6 +326,7 @@ pub(super) async fn subscribe_loop(
     let channels = [shared.names.chat(), shared.names.control(&shared.node)];
     loop {
         let subscribed = async {
+            let client = source.client().await?;
             let pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
                 .await
                 .map_err(|_| timeout_error("connect"))??;
@@ -316,7 +343,7 @@ pub(super) async fn subscribe_loop(
                 Err(e) => {
                     shared.metrics.backplane_error(BackplaneOp::Subscribe);
                     shared.log.failed(&e);
-                    if !backoff(&mut attempt, &stop).await {
+                    if !backoff(&mut attempt, &source, &stop).await {
                         return;
                     }
                     continue;
@@ -349,13 +376,13 @@ pub(super) async fn subscribe_loop(
         shared.set_subscribed(false);
         shared.metrics.backplane_error(BackplaneOp::Subscribe);
         shared.log.failed(&why);
-        if !backoff(&mut attempt, &stop).await {
+        if !backoff(&mut attempt, &source, &stop).await {
             return;
         }
     }
 }
 
-fn timeout_error(what: &'static str) -> redis::RedisError {
+pub(super) fn timeout_error(what: &'static str) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("Redis {what} timed out"),

@@ -1,7 +1,9 @@
-//! Several nodes over Redis (off unless `cluster.redis_url` is set): chat fan-out across nodes
-//! on pub/sub, presence keys with expiry for the cluster view, and a control channel per node
-//! for connections-API requests (list, show, kick) about connections another node holds.
+//! Several nodes over Redis (off unless `cluster.redis_url`, `redis_url_file` or `sentinels` is
+//! set): chat fan-out across nodes on pub/sub, presence keys with expiry for the cluster view,
+//! and a control channel per node for connections-API requests (list, show, kick) about connections another node holds.
 //!
+//! - [`source`]: where Redis is (one URL, plain, TLS or a socket; or the primary Sentinel
+//!   names), asked at every (re)connect.
 //! - [`wire`]: channel and key names, the JSON messages, the presence value.
 //! - [`link`]: the publisher and subscriber connections, reconnecting by themselves.
 //! - [`presence`]: the heartbeat and the view it reads.
@@ -14,6 +16,7 @@
 pub mod link;
 pub mod presence;
 pub mod requests;
+pub mod source;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -145,10 +148,16 @@ pub struct LocalNode {
 
 impl Cluster {
     /// Starts the publisher, subscriber and presence tasks (they connect, and reconnect, by
-    /// themselves) and attaches the backplane to the hub. Settings must be validated.
-    pub fn start(settings: &ClusterSettings, member: LocalNode) -> Self {
-        let client = redis::Client::open(settings.redis_url.as_str())
-            .expect("cluster.redis_url is validated at load");
+    /// themselves) and attaches the backplane to the hub. Fails when the Redis settings (or
+    /// the files they name) are wrong; they are checked at load, so only a file changed since
+    /// then gets here.
+    pub fn start(settings: &ClusterSettings, member: LocalNode) -> Result<Self, String> {
+        let target = settings
+            .redis_target()
+            .map_err(|(key, message)| format!("{key}: {message}"))?;
+        let source = source::Source::new(target, member.metrics.clone())
+            .map_err(|e| format!("cluster: cannot reach Redis this way: {e}"))?;
+        let source = Arc::new(source);
         let started = crate::monitor::entry::now_us();
         let shared = Arc::new(Shared {
             node: settings.node_id.clone(),
@@ -194,30 +203,31 @@ impl Cluster {
         let tasks = TaskTracker::new();
         tasks.spawn(link::publish_loop(
             shared.clone(),
-            client.clone(),
+            source.clone(),
             rx,
             stop.clone(),
         ));
         tasks.spawn(link::subscribe_loop(
             shared.clone(),
-            client.clone(),
+            source.clone(),
             outbox.clone(),
             stop.clone(),
         ));
-        tasks.spawn(presence::run(shared.clone(), client, stop.clone()));
+        tasks.spawn(presence::run(shared.clone(), source.clone(), stop.clone()));
         tasks.close();
         tracing::info!(
             node.id = %shared.node,
             prefix = %settings.prefix,
+            redis = %source.describe(),
             "cluster mode: chat and the cluster view go through Redis"
         );
-        Self {
+        Ok(Self {
             shared,
             outbox,
             request_timeout: settings.request_timeout(),
             stop,
             tasks,
-        }
+        })
     }
 
     /// This node's id.
@@ -318,7 +328,7 @@ impl Cluster {
 /// The backplane's state in the cluster view.
 #[derive(Debug, Clone, Serialize)]
 pub struct Backplane {
-    /// Whether `cluster.redis_url` is set.
+    /// Whether a Redis backplane is configured.
     pub configured: bool,
     /// Publishing and subscribed.
     pub up: bool,

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{connect, REDIS_TIMEOUT};
+use super::source::Source;
 use super::wire::NodeInfo;
 use super::Shared;
 use crate::telemetry::metrics::BackplaneOp;
@@ -46,7 +47,7 @@ pub(super) fn now_ms() -> u64 {
 
 /// Refreshes this node's presence and the view every heartbeat until `stop`; then deletes
 /// this node's key so it leaves the view at once.
-pub(super) async fn run(shared: Arc<Shared>, client: redis::Client, stop: CancellationToken) {
+pub(super) async fn run(shared: Arc<Shared>, source: Arc<Source>, stop: CancellationToken) {
     let key = shared.names.presence(&shared.node);
     let mut conn = None;
     let mut last_write = None;
@@ -59,7 +60,7 @@ pub(super) async fn run(shared: Arc<Shared>, client: redis::Client, stop: Cancel
         }
         let refreshed = tokio::time::timeout(
             REDIS_TIMEOUT * 2,
-            refresh(&shared, &client, &key, &mut conn, &mut last_write),
+            refresh(&shared, &source, &key, &mut conn, &mut last_write),
         )
         .await;
         let ok = matches!(refreshed, Ok(Ok(())));
@@ -81,13 +82,13 @@ pub(super) async fn run(shared: Arc<Shared>, client: redis::Client, stop: Cancel
 
 async fn refresh(
     shared: &Shared,
-    client: &redis::Client,
+    source: &Source,
     key: &str,
     conn: &mut Option<redis::aio::MultiplexedConnection>,
     last_write: &mut Option<u64>,
 ) -> redis::RedisResult<()> {
     if conn.is_none() {
-        *conn = Some(connect(client).await?);
+        *conn = Some(connect(source).await?);
     }
     let conn = conn.as_mut().expect("connected above");
     let me = shared.self_info();

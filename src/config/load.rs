@@ -341,16 +341,8 @@ fn check_cluster(c: &super::ClusterSettings) -> Result<(), (String, String)> {
     if c.prefix.is_empty() || !super::valid_node_id(&c.prefix) {
         return err("prefix", "1 to 64 characters of A-Z a-z 0-9 . _ -");
     }
-    if !c.redis_url.is_empty() {
-        if !(c.redis_url.starts_with("redis://") || c.redis_url.starts_with("redis+unix://")) {
-            return err(
-                "redis_url",
-                "must start with redis:// (or be empty for a single node)",
-            );
-        }
-        if let Err(e) = redis::Client::open(c.redis_url.as_str()) {
-            return Err(("cluster.redis_url".into(), format!("not a Redis URL: {e}")));
-        }
+    if c.enabled() {
+        c.redis_target()?;
     }
     for (key, value) in [
         ("heartbeat_ms", c.heartbeat_ms),

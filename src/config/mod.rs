@@ -6,9 +6,11 @@
 
 mod load;
 mod observability;
+mod redis_target;
 mod sections;
 
 pub use observability::*;
+pub use redis_target::{RedisTarget, SentinelTarget, TlsMaterial};
 pub use sections::*;
 
 pub use load::{

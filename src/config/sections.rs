@@ -260,8 +260,23 @@ impl ShutdownSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSettings {
-    /// `redis://[user:password@]host:port[/db]`; empty runs a single node.
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` (TLS) or `redis+unix://…`;
+    /// empty (and no `redis_url_file`, no `sentinels`) runs a single node.
     pub redis_url: String,
+    /// A file holding the whole URL instead (a container secret); not both.
+    pub redis_url_file: String,
+    /// A file holding the password, which replaces the URL's.
+    pub redis_password_file: String,
+    /// PEM CA certificates trusted for `rediss://` besides the system roots.
+    pub redis_ca_file: String,
+    /// PEM client certificate (chain) and key for mutual TLS; both or neither.
+    pub redis_client_cert_file: String,
+    pub redis_client_key_file: String,
+    /// Sentinel addresses (`host:port`): the primary is the one they name, asked again at every
+    /// reconnect; `redis_url` then gives only the scheme, user, password and db.
+    pub sentinels: Vec<String>,
+    /// The primary's name in Sentinel (`sentinel monitor <name> …`); required with `sentinels`.
+    pub sentinel_master: String,
     /// This node's id (1–64 of `A-Z a-z 0-9 . _ -`), also the `service.instance.id` of its
     /// telemetry; empty: the host name plus a random suffix, new at every start.
     pub node_id: String,
@@ -289,6 +304,13 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         Self {
             redis_url: String::new(),
+            redis_url_file: String::new(),
+            redis_password_file: String::new(),
+            redis_ca_file: String::new(),
+            redis_client_cert_file: String::new(),
+            redis_client_key_file: String::new(),
+            sentinels: Vec::new(),
+            sentinel_master: String::new(),
             node_id: String::new(),
             advertise_url: String::new(),
             prefix: "wsmon".into(),
@@ -306,7 +328,7 @@ impl Default for ClusterSettings {
 impl ClusterSettings {
     /// Whether a Redis backplane is configured.
     pub fn enabled(&self) -> bool {
-        !self.redis_url.is_empty()
+        !self.redis_url.is_empty() || !self.redis_url_file.is_empty() || !self.sentinels.is_empty()
     }
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)

@@ -67,7 +67,8 @@ pub struct Metrics {
     /// Indexed by [`BackplaneDrop`].
     pub backplane_dropped: [Counter; 4],
     /// Indexed by [`BackplaneOp`].
-    pub backplane_errors: [Counter; 5],
+    pub backplane_errors: [Counter; 6],
+    pub backplane_primary_switches: Counter,
     pub backplane_latency: Histogram,
     pub backplane_up: Gauge,
     pub cluster_nodes: Gauge,
@@ -158,6 +159,8 @@ pub enum BackplaneOp {
     Subscribe = 2,
     Presence = 3,
     Decode = 4,
+    /// Asking Sentinel for the primary.
+    Sentinel = 5,
 }
 
 /// Where `/metrics` text comes from, plus the handles.
@@ -284,8 +287,16 @@ impl Metrics {
             ),
             backplane_dropped: ["backplane_down", "queue_full", "publish_failed", "lost"]
                 .map(|r| counter(names::BACKPLANE_DROPPED, &[(names::DROP_REASON, r)])),
-            backplane_errors: ["connect", "publish", "subscribe", "presence", "decode"]
-                .map(|o| counter(names::BACKPLANE_ERRORS, &[(names::OPERATION, o)])),
+            backplane_errors: [
+                "connect",
+                "publish",
+                "subscribe",
+                "presence",
+                "decode",
+                "sentinel",
+            ]
+            .map(|o| counter(names::BACKPLANE_ERRORS, &[(names::OPERATION, o)])),
+            backplane_primary_switches: counter(names::BACKPLANE_PRIMARY_SWITCHES, &[]),
             backplane_latency: histogram(names::BACKPLANE_LATENCY, &[]),
             backplane_up: gauge(names::BACKPLANE_UP),
             cluster_nodes: gauge(names::CLUSTER_NODES),

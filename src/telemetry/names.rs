@@ -84,6 +84,7 @@ pub const BACKPLANE_DROPPED: &str = "websocket.server.backplane.dropped";
 pub const BACKPLANE_ERRORS: &str = "websocket.server.backplane.errors";
 pub const BACKPLANE_LATENCY: &str = "websocket.server.backplane.latency";
 pub const BACKPLANE_UP: &str = "websocket.server.backplane.up";
+pub const BACKPLANE_PRIMARY_SWITCHES: &str = "websocket.server.backplane.primary_switches";
 pub const CLUSTER_NODES: &str = "websocket.server.cluster.nodes";
 pub const HTTP_CONNECTIONS: &str = "websocket.server.http.connections";
 pub const HTTP_HEADER_TIMEOUTS: &str = "websocket.server.http.header_timeouts";
@@ -315,7 +316,7 @@ pub const METRICS: &[MetricDef] = &[
         labels: &[OPERATION],
         buckets: &[],
         description: "Redis failures, by operation (connect, publish, subscribe, presence, \
-                      decode).",
+                      decode, sentinel).",
     },
     MetricDef {
         name: BACKPLANE_LATENCY,
@@ -338,6 +339,17 @@ pub const METRICS: &[MetricDef] = &[
         buckets: &[],
         description: "1 while publishing to and subscribed on Redis; 0 otherwise (and on a \
                       single node).",
+    },
+    MetricDef {
+        name: BACKPLANE_PRIMARY_SWITCHES,
+        prometheus: "websocket_server_backplane_primary_switches_total",
+        kind: Kind::Counter,
+        unit: Unit::Count,
+        otel_unit: "{switch}",
+        labels: &[],
+        buckets: &[],
+        description: "Times Sentinel named another Redis primary than the one this node used \
+                      (a failover followed; 0 without Sentinel).",
     },
     MetricDef {
         name: CLUSTER_NODES,
