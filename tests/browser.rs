@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod helpers;
 #[path = "support/redis.rs"]
+#[allow(dead_code)]
 mod redis_server;
 
 use std::io::{BufRead, BufReader};

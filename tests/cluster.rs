@@ -13,6 +13,8 @@
 mod helpers;
 #[path = "support/process.rs"]
 mod process;
+#[path = "cluster/production.rs"]
+mod production;
 #[path = "support/redis.rs"]
 mod redis_server;
 

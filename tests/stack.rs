@@ -5,6 +5,7 @@
 #[path = "support/process.rs"]
 mod process;
 #[path = "support/redis.rs"]
+#[allow(dead_code)]
 mod redis_server;
 
 #[path = "stack/alerts.rs"]

@@ -165,6 +165,14 @@ fn bad_settings_exit_64_naming_the_key_and_its_source() {
         ),
         (&["--config", "syntax.toml"], &[], &["syntax.toml"]),
         (
+            &[],
+            &[
+                ("WSMON_CLUSTER__REDIS_URL", "rediss://redis:6380"),
+                ("WSMON_CLUSTER__REDIS_CA_FILE", "no-such-ca.pem"),
+            ],
+            &["cluster.redis_ca_file", "no-such-ca.pem"],
+        ),
+        (
             &["--config", "missing.toml"],
             &[],
             &["missing.toml", "not found"],
@@ -185,6 +193,40 @@ fn bad_settings_exit_64_naming_the_key_and_its_source() {
             !stderr.contains("panicked") && !stderr.contains("backtrace"),
             "{stderr}"
         );
+    }
+}
+
+#[test]
+fn check_config_names_secret_files_but_never_prints_what_they_hold_or_a_url_password() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("url"),
+        "redis://wsmon:url-file-secret@redis:6379\n",
+    )
+    .unwrap();
+    for (key, value) in [
+        ("WSMON_CLUSTER__REDIS_URL_FILE", "url"),
+        (
+            "WSMON_CLUSTER__REDIS_URL",
+            "redis://wsmon:inline-secret@redis:6379",
+        ),
+    ] {
+        let out = run(dir.path(), &["--check-config"], &[(key, value)]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!stdout.contains("secret"), "{stdout}");
+        if key.ends_with("URL_FILE") {
+            assert!(stdout.contains("redis_url_file = \"url\""), "{stdout}");
+        } else {
+            assert!(
+                stdout.contains("redis://wsmon:<redacted>@redis:6379"),
+                "{stdout}"
+            );
+        }
     }
 }
 
