@@ -1,4 +1,5 @@
-// composecheck loads docker-compose.yml with the Compose specification's own loader
+// composecheck loads docker-compose.yml (and any override files after it, merged as
+// `docker compose -f a -f b` merges them) with the Compose specification's own loader
 // (compose-go, what `docker compose config` uses), resolving variables from .env, and fails on
 // any error. Prints each service's image and published ports (host address included). Built
 // and run by stack/run.
@@ -13,12 +14,12 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: composecheck <docker-compose.yml>")
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: composecheck <docker-compose.yml> [override.yml ...]")
 		os.Exit(2)
 	}
 	opts, err := cli.NewProjectOptions(
-		[]string{os.Args[1]},
+		os.Args[1:],
 		cli.WithWorkingDirectory("."),
 		cli.WithDotEnv,
 		cli.WithOsEnv,
@@ -35,6 +36,11 @@ func main() {
 	for _, name := range project.ServiceNames() {
 		service := project.Services[name]
 		fmt.Printf("%s\t%s\n", name, service.Image)
+		for key, value := range service.Environment {
+			if value != nil && key == "WSMON_CLUSTER__REDIS_URL" {
+				fmt.Printf("env\t%s\t%s=%s\n", name, key, *value)
+			}
+		}
 		for _, p := range service.Ports {
 			fmt.Printf("port\t%s\t%s:%s->%d\n", name, p.HostIP, p.Published, p.Target)
 		}
