@@ -564,3 +564,41 @@ async fn a_node_restarted_under_its_id_before_its_key_expires_is_not_taken_for_a
         "a restart is not a twin"
     );
 }
+
+#[tokio::test]
+async fn a_reader_on_another_node_hears_every_leave_notice_of_a_mass_departure() {
+    let redis = Redis::start();
+    // Far fewer queue slots than departures.
+    let small = [
+        ("WSMON_WEBSOCKET__OUTBOUND_QUEUE", "16".to_owned()),
+        ("WSMON_LIMITS__MAX_CONNECTIONS_PER_IP", "1000".to_owned()),
+    ];
+    let a = Node::start_with(&redis.url(), "node-a", &small);
+    let b = Node::start_with(&redis.url(), "node-b", &small);
+    a.wait_ready(2).await;
+    b.wait_ready(2).await;
+    let mut reader = b.connect("reader").await;
+    const N: usize = 300;
+    let mut leaving = Vec::with_capacity(N);
+    for i in 0..N {
+        leaving.push(a.connect(&format!("gone-{i}")).await);
+    }
+    a.wait_view("all connected", Duration::from_secs(10), |v| {
+        v["totals"]["active_connections"] == N as u64 + 1
+    })
+    .await;
+    drop(leaving);
+    let mut heard = std::collections::HashSet::new();
+    while heard.len() < N {
+        let text = reader.recv_text().await;
+        let who = text
+            .strip_prefix("Client #gone-")
+            .and_then(|t| t.strip_suffix(" left the chat"))
+            .unwrap_or_else(|| panic!("unexpected {text:?}"));
+        assert!(heard.insert(who.to_owned()), "{text} twice");
+    }
+    reader.send("still here").await;
+    assert_eq!(reader.recv_text().await, "You sent: still here");
+    let stats = b.get("/ws-stats").await;
+    assert_eq!(stats["global_stats"]["disconnects"]["slow_consumer"], 0);
+}

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::budget::{self, Budget, Shed};
 use super::protocol;
-use super::queue::{self, Receiver, Sender, TrySendError};
+use super::queue::{self, LeaveLog, Receiver, Sender, TrySendError};
 use crate::monitor::{CloseReason, ConnectionEntry};
 use crate::telemetry::metrics::Metrics;
 
@@ -38,6 +38,11 @@ pub struct Envelope {
 pub trait Forward: Send + Sync {
     /// `span`: the message's span, when the message is traced.
     fn forward(&self, text: &Utf8Bytes, span: Option<&tracing::Span>);
+
+    /// A leave notice (other nodes hold it once in their leave log, as this one does).
+    fn forward_leave(&self, text: &Utf8Bytes) {
+        self.forward(text, None);
+    }
 }
 
 struct Member {
@@ -54,6 +59,14 @@ pub struct Hub {
     /// The backplane, once one is attached.
     forward: Arc<OnceLock<Arc<dyn Forward>>>,
     budget: Arc<Budget>,
+    /// Leave notices, held once for every queue (see [`queue::LeaveLog`]).
+    leaves: Arc<LeaveLog>,
+    /// Held by the one thread publishing leave notices; a departure that finds it held leaves
+    /// its notice to that thread (`leave_pending`), so in a mass departure each pass over the
+    /// members publishes many notices, and no worker thread ever waits for another's pass.
+    leaving: Arc<std::sync::Mutex<()>>,
+    /// Notices are pushed to the log and not yet published.
+    leave_pending: Arc<AtomicBool>,
     /// A shed pass is scheduled.
     shedding: Arc<AtomicBool>,
 }
@@ -93,6 +106,9 @@ impl Hub {
             metrics,
             forward: Arc::default(),
             budget,
+            leaves: LeaveLog::new(),
+            leaving: Arc::default(),
+            leave_pending: Arc::default(),
             shedding: Arc::default(),
         }
     }
@@ -106,7 +122,7 @@ impl Hub {
     /// Joins `entry` with an outbound queue of `capacity` messages. From the moment this
     /// returns, the member receives every message published.
     pub fn join(&self, entry: Arc<ConnectionEntry>, capacity: usize) -> (Membership, Receiver) {
-        let (tx, rx) = queue::budgeted(capacity, self.budget.clone());
+        let (tx, rx) = queue::budgeted(capacity, self.budget.clone(), self.leaves.clone());
         let weak = tx.downgrade();
         entry.set_queue_probe(Box::new(move || weak.level()));
         let id = entry.id();
@@ -139,6 +155,12 @@ impl Hub {
         delivered
     }
 
+    /// Fans out a leave notice another node published, to local members only.
+    pub fn deliver_remote_leave(&self, text: Utf8Bytes) {
+        self.leaves.push(text);
+        self.publish_leaves();
+    }
+
     /// Fans out a message another node published, to local members only.
     pub fn deliver_remote(&self, text: Utf8Bytes) -> usize {
         self.fan_out(&Envelope {
@@ -148,17 +170,61 @@ impl Hub {
         })
     }
 
+    /// Tells every member that `client_id` left (it has left the member map already): the
+    /// notice is held once in the leave log and published to every queue (see
+    /// [`queue::LeaveLog`]), by this thread or by the one publishing already.
+    fn publish_leave(&self, client_id: &str) {
+        let text: Utf8Bytes = protocol::left(client_id).into();
+        self.leaves.push(text.clone());
+        self.publish_leaves();
+        if let Some(forward) = self.forward.get() {
+            forward.forward_leave(&text);
+        }
+    }
+
+    /// Publishes the notices pushed to the log: here, or by the thread publishing already.
+    fn publish_leaves(&self) {
+        self.leave_pending.store(true, Ordering::SeqCst);
+        loop {
+            let publishing = match self.leaving.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                // The holder sees `leave_pending` before it lets go (or loops again below).
+                Err(std::sync::TryLockError::WouldBlock) => break,
+            };
+            while self.leave_pending.swap(false, Ordering::SeqCst) {
+                let published = self.leaves.publish();
+                if !published.is_empty() {
+                    self.fan_out_with(None, |tx| tx.offer_leaves(published.clone()));
+                }
+            }
+            drop(publishing);
+            // Pushed after the last look, by a departure that found the lock held.
+            if !self.leave_pending.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+    }
+
     fn fan_out(&self, envelope: &Envelope) -> usize {
+        self.fan_out_with(envelope.except, |tx| tx.try_send(envelope.text.clone()))
+    }
+
+    fn fan_out_with(
+        &self,
+        except: Option<Uuid>,
+        send: impl Fn(&Sender) -> Result<(), TrySendError>,
+    ) -> usize {
         let started = Instant::now();
         let members = self.members.read().unwrap_or_else(|p| p.into_inner());
         let (mut delivered, mut drops) = (0, 0);
         for (id, member) in members.iter() {
             // A member asked to close never writes another message: skipping it keeps a mass
             // departure (N leave notices to N members) from costing a full queue each time.
-            if Some(*id) == envelope.except || member.entry.close_is_requested() {
+            if Some(*id) == except || member.entry.close_is_requested() {
                 continue;
             }
-            match member.tx.try_send(envelope.text.clone()) {
+            match send(&member.tx) {
                 Ok(()) => delivered += 1,
                 Err(TrySendError::Full) => {
                     drops += 1;
@@ -296,11 +362,7 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         self.hub.leave(self.id);
-        self.hub.publish(Envelope {
-            text: protocol::left(&self.client_id).into(),
-            except: Some(self.id),
-            span: None,
-        });
+        self.hub.publish_leave(&self.client_id);
     }
 }
 

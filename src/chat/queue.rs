@@ -9,6 +9,14 @@
 //! The queue is bounded in bytes as well (see [`super::budget`]): what it holds counts from
 //! [`Sender::try_send`] until the writer reports it written ([`Receiver::release`]) or the
 //! receiver is dropped.
+//!
+//! **Leave notices are held once.** Each is written to the hub's [`LeaveLog`], and a queue
+//! holds them as a run: its last item may be an *open run* that follows the log, so every notice
+//! published after it reaches this client without the hub touching its queue again (only a
+//! writer that is waiting is woken). A text queued behind an open run closes it at the notices
+//! published so far. A mass departure of N clients thus costs each queue one item instead of N:
+//! a client that reads hears every notice however many leave at once, and one that is gone costs
+//! next to nothing until its session notices. A run older than the log is [`Recv::Lagged`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,15 +32,122 @@ use crate::monitor::entry::QueueLevel;
 /// Capacity kept by a drained queue; anything beyond is given back.
 const KEEP: usize = 16;
 
+/// Leave notices kept for the queues' runs, at most (the oldest go first).
+pub const LEAVE_LOG_CAPACITY: usize = 65_536;
+
+/// The leave notices of the last [`LEAVE_LOG_CAPACITY`] departures, numbered in order, and how
+/// far they have been published to the queues.
+pub struct LeaveLog {
+    inner: Mutex<LogInner>,
+    capacity: usize,
+    /// Notices numbered below this are published: open runs include them.
+    published: AtomicU64,
+}
+
+#[derive(Default)]
+struct LogInner {
+    /// The number of `texts[0]`.
+    first: u64,
+    texts: VecDeque<Utf8Bytes>,
+}
+
+impl LeaveLog {
+    pub fn new() -> Arc<Self> {
+        Self::with_capacity(LEAVE_LOG_CAPACITY)
+    }
+
+    pub fn with_capacity(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::default(),
+            capacity: capacity.max(1),
+            published: AtomicU64::new(0),
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, LogInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends a notice (not yet published); returns its number.
+    pub fn push(&self, text: Utf8Bytes) -> u64 {
+        let mut log = self.inner();
+        if log.texts.len() == self.capacity {
+            log.texts.pop_front();
+            log.first += 1;
+        }
+        log.texts.push_back(text);
+        log.first + log.texts.len() as u64 - 1
+    }
+
+    /// Publishes every notice pushed so far; returns the numbers newly published (`from..to`).
+    /// The caller then offers them to the queues that do not follow the log
+    /// ([`Sender::offer_leaves`]); the ones that do see them at once.
+    pub fn publish(&self) -> std::ops::Range<u64> {
+        let end = {
+            let log = self.inner();
+            log.first + log.texts.len() as u64
+        };
+        let from = self.published.swap(end, Ordering::SeqCst);
+        from..end.max(from)
+    }
+
+    fn published(&self) -> u64 {
+        self.published.load(Ordering::SeqCst)
+    }
+
+    /// Appends the notices `from..to` to `out`; `false` when some are no longer held.
+    fn copy(&self, from: u64, to: u64, out: &mut Vec<Utf8Bytes>) -> bool {
+        let log = self.inner();
+        if from < log.first || to > log.first + log.texts.len() as u64 {
+            return false;
+        }
+        let range = (from - log.first) as usize..(to - log.first) as usize;
+        out.extend(log.texts.range(range).cloned());
+        true
+    }
+
+    /// Notices held.
+    pub fn len(&self) -> usize {
+        self.inner().texts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One queued item.
+#[derive(Debug, Clone)]
+enum Item {
+    Text(Utf8Bytes),
+    /// The leave notices `from..to` of the log; `to: None` follows the log (only ever last).
+    Leaves {
+        from: u64,
+        to: Option<u64>,
+    },
+}
+
+struct State {
+    items: VecDeque<Item>,
+    /// Notices numbered below this are queued (or were published before this queue existed).
+    leaves_from: u64,
+}
+
 struct Shared {
-    items: Mutex<VecDeque<Utf8Bytes>>,
+    state: Mutex<State>,
+    leaves: Arc<LeaveLog>,
+    /// The last item is an open run of leave notices.
+    following: AtomicBool,
+    /// The writer waits with an open run and nothing else to do: a notice published must wake
+    /// it (see [`Sender::offer_leaves`]).
+    idle: AtomicBool,
     capacity: usize,
     waker: AtomicWaker,
     /// A ping is due (see [`Sender::request_ping`]).
     ping: AtomicBool,
     senders: AtomicUsize,
     receiver_gone: AtomicBool,
-    /// Bytes queued or taken and not yet written (changed under the items lock when added).
+    /// Bytes queued or taken and not yet written (changed under the state lock when added).
     held: AtomicUsize,
     budget: Arc<Budget>,
     /// Since when the writer has been writing what it took, as [`ticks`] + 1 (0: it is not
@@ -51,15 +166,35 @@ fn ticks() -> u64 {
 }
 
 impl Shared {
-    fn items(&self) -> MutexGuard<'_, VecDeque<Utf8Bytes>> {
-        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes an open run at the notices published so far (under the state lock).
+    fn close_run(&self, state: &mut State) {
+        if !self.following.load(Ordering::SeqCst) {
+            return;
+        }
+        let published = self.leaves.published();
+        match state.items.back_mut() {
+            Some(Item::Leaves { from, to }) if to.is_none() => {
+                if *from >= published {
+                    state.items.pop_back();
+                } else {
+                    *to = Some(published);
+                }
+            }
+            _ => unreachable!("following without an open run"),
+        }
+        state.leaves_from = published;
+        self.following.store(false, Ordering::SeqCst);
     }
 }
 
 /// Why a message was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrySendError {
-    /// `capacity` messages are waiting.
+    /// `capacity` items are waiting (a run of leave notices is one item).
     Full,
     /// The message would take the queue over its share of the byte budget.
     OverBudget,
@@ -70,14 +205,20 @@ pub enum TrySendError {
 /// A queue of at most `capacity` messages, with no byte limit (tests).
 #[cfg(test)]
 pub fn channel(capacity: usize) -> (Sender, Receiver) {
-    budgeted(capacity, Budget::unlimited())
+    budgeted(capacity, Budget::unlimited(), LeaveLog::new())
 }
 
-/// A queue of at most `capacity` messages and `budget`'s per-connection share of bytes,
-/// counted in `budget`.
-pub fn budgeted(capacity: usize, budget: Arc<Budget>) -> (Sender, Receiver) {
+/// A queue of at most `capacity` items and `budget`'s per-connection share of bytes, counted
+/// in `budget`; it gets the leave notices published in `leaves` from now on.
+pub fn budgeted(capacity: usize, budget: Arc<Budget>, leaves: Arc<LeaveLog>) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
-        items: Mutex::new(VecDeque::new()),
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            leaves_from: leaves.published(),
+        }),
+        leaves,
+        following: AtomicBool::new(false),
+        idle: AtomicBool::new(false),
         capacity,
         waker: AtomicWaker::new(),
         ping: AtomicBool::new(false),
@@ -87,7 +228,11 @@ pub fn budgeted(capacity: usize, budget: Arc<Budget>) -> (Sender, Receiver) {
         budget,
         writing_since: AtomicU64::new(0),
     });
-    (Sender(shared.clone()), Receiver(shared))
+    let receiver = Receiver {
+        shared: shared.clone(),
+        taken: 0,
+    };
+    (Sender(shared), receiver)
 }
 
 /// Queues messages; cheap to clone. When the last one is dropped, the receiver sees the end.
@@ -109,25 +254,59 @@ impl Drop for Sender {
 }
 
 impl Sender {
-    /// Queues `item` without waiting.
+    /// Queues `item` without waiting (closing an open run of leave notices first).
     pub fn try_send(&self, item: Utf8Bytes) -> Result<(), TrySendError> {
         if self.0.receiver_gone.load(Ordering::Relaxed) {
             return Err(TrySendError::Closed);
         }
         let len = item.len();
-        let mut items = self.0.items();
-        if items.len() >= self.0.capacity {
+        let mut state = self.0.state();
+        self.0.close_run(&mut state);
+        if state.items.len() >= self.0.capacity {
             return Err(TrySendError::Full);
         }
         let held = self.0.held.load(Ordering::Relaxed);
         if held.saturating_add(len) > self.0.budget.per_connection() {
             return Err(TrySendError::OverBudget);
         }
-        items.push_back(item);
+        state.items.push_back(Item::Text(item));
         self.0.held.fetch_add(len, Ordering::Relaxed);
         self.0.budget.add(len);
-        drop(items);
+        drop(state);
         self.0.waker.wake();
+        Ok(())
+    }
+
+    /// Offers the leave notices `published` (just published in the log, see
+    /// [`LeaveLog::publish`]) without waiting. A queue that follows the log has them already: at
+    /// most its waiting writer is woken, with no lock taken. Any other gets an open run from its
+    /// first notice not yet queued (one item; `Full` when there is no room for it). Their texts
+    /// are held by the log, not counted against the byte budget.
+    pub fn offer_leaves(&self, published: std::ops::Range<u64>) -> Result<(), TrySendError> {
+        let shared = &self.0;
+        if shared.receiver_gone.load(Ordering::Relaxed) {
+            return Err(TrySendError::Closed);
+        }
+        if !shared.following.load(Ordering::SeqCst) {
+            let mut state = shared.state();
+            if !shared.following.load(Ordering::SeqCst) {
+                let from = state.leaves_from.max(published.start);
+                if from >= published.end {
+                    return Ok(());
+                }
+                if state.items.len() >= shared.capacity {
+                    return Err(TrySendError::Full);
+                }
+                state.items.push_back(Item::Leaves { from, to: None });
+                shared.following.store(true, Ordering::SeqCst);
+                drop(state);
+                shared.waker.wake();
+                return Ok(());
+            }
+        }
+        if shared.idle.swap(false, Ordering::SeqCst) {
+            shared.waker.wake();
+        }
         Ok(())
     }
 
@@ -150,12 +329,24 @@ pub struct WeakSender(Weak<Shared>);
 impl WeakSender {
     /// Messages waiting and bytes held (zeros once the queue is gone).
     pub fn level(&self) -> QueueLevel {
-        self.0
-            .upgrade()
-            .map_or(QueueLevel::default(), |s| QueueLevel {
-                messages: s.items().len(),
+        self.0.upgrade().map_or(QueueLevel::default(), |s| {
+            let published = s.leaves.published();
+            let messages = s
+                .state()
+                .items
+                .iter()
+                .map(|item| match item {
+                    Item::Text(_) => 1,
+                    Item::Leaves { from, to } => {
+                        to.unwrap_or(published).saturating_sub(*from) as usize
+                    }
+                })
+                .sum();
+            QueueLevel {
+                messages,
                 bytes: s.held.load(Ordering::Relaxed),
-            })
+            }
+        })
     }
 }
 
@@ -184,75 +375,128 @@ pub enum Recv {
     Ping,
     /// Every sender is gone and nothing is left.
     Closed,
+    /// Leave notices for this queue were dropped from the log before they were written: the
+    /// client would miss them, so it is a slow consumer.
+    Lagged,
 }
 
 /// The one consumer.
-pub struct Receiver(Arc<Shared>);
+pub struct Receiver {
+    shared: Arc<Shared>,
+    /// Bytes of what was taken and not yet reported written.
+    taken: usize,
+}
 
 impl Receiver {
-    /// Waits for a ping request or messages, and moves up to `limit` messages into `buffer`.
+    /// Waits for a ping request or messages, and moves up to `limit` messages into `buffer`
+    /// (leave notices as their texts; a run longer than what is left of `limit` is split).
     /// Cancel-safe: nothing is taken unless it is returned.
     pub async fn recv_many(&mut self, buffer: &mut Vec<Utf8Bytes>, limit: usize) -> Recv {
         std::future::poll_fn(|cx| {
             if let Some(got) = self.take(buffer, limit) {
                 return Poll::Ready(got);
             }
-            self.0.waker.register(cx.waker());
+            self.shared.waker.register(cx.waker());
+            // Published notices wake an idle writer (see `Sender::offer_leaves`): say so before
+            // looking again, so a notice published in between is either seen here or wakes it.
+            self.shared.idle.store(true, Ordering::SeqCst);
             // What was queued before the registration is seen here: nothing is missed.
-            self.take(buffer, limit).map_or(Poll::Pending, Poll::Ready)
+            let got = self.take(buffer, limit);
+            if got.is_some() {
+                self.shared.idle.store(false, Ordering::SeqCst);
+            }
+            got.map_or(Poll::Pending, Poll::Ready)
         })
         .await
     }
 
-    fn take(&self, buffer: &mut Vec<Utf8Bytes>, limit: usize) -> Option<Recv> {
-        if self.0.ping.swap(false, Ordering::Acquire) {
+    fn take(&mut self, buffer: &mut Vec<Utf8Bytes>, limit: usize) -> Option<Recv> {
+        let shared = &self.shared;
+        if shared.ping.swap(false, Ordering::Acquire) {
             return Some(Recv::Ping);
         }
-        let mut items = self.0.items();
-        if !items.is_empty() {
-            let n = limit.min(items.len());
-            buffer.extend(items.drain(..n));
-            let _ = self.0.writing_since.compare_exchange(
-                0,
-                ticks() + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            if items.is_empty() && items.capacity() > KEEP {
-                items.shrink_to(KEEP);
+        let mut state = shared.state();
+        let mut n = 0;
+        while n < limit {
+            let Some(item) = state.items.front_mut() else {
+                break;
+            };
+            match item {
+                Item::Text(text) => {
+                    self.taken += text.len();
+                    buffer.push(std::mem::take(text));
+                    state.items.pop_front();
+                    n += 1;
+                }
+                Item::Leaves { from, to } => {
+                    let end = to.unwrap_or_else(|| shared.leaves.published());
+                    let last = end.min(*from + (limit - n) as u64);
+                    if last <= *from {
+                        // An open run with nothing published since: it stays, following.
+                        break;
+                    }
+                    if !shared.leaves.copy(*from, last, buffer) {
+                        return Some(Recv::Lagged);
+                    }
+                    n += (last - *from) as usize;
+                    *from = last;
+                    if to.is_some() && last == end {
+                        state.items.pop_front();
+                    } else if to.is_none() {
+                        // Still following: it is the last item.
+                        break;
+                    }
+                }
             }
-            return Some(Recv::Items(n));
         }
-        (self.0.senders.load(Ordering::Acquire) == 0).then_some(Recv::Closed)
+        if n == 0 {
+            drop(state);
+            return (shared.senders.load(Ordering::Acquire) == 0).then_some(Recv::Closed);
+        }
+        let _ = shared.writing_since.compare_exchange(
+            0,
+            ticks() + 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if state.items.is_empty() && state.items.capacity() > KEEP {
+            state.items.shrink_to(KEEP);
+        }
+        Some(Recv::Items(n))
     }
 
-    /// Reports `bytes` of what was taken as written: they no longer count against the budget.
-    pub fn release(&self, bytes: usize) {
-        let bytes = bytes.min(self.0.held.load(Ordering::Relaxed));
-        self.0.held.fetch_sub(bytes, Ordering::Relaxed);
-        self.0.budget.sub(bytes);
-        self.0.writing_since.store(0, Ordering::Relaxed);
+    /// Reports what was taken as written: it no longer counts against the budget.
+    pub fn release(&mut self) {
+        let bytes = std::mem::take(&mut self.taken).min(self.shared.held.load(Ordering::Relaxed));
+        self.shared.held.fetch_sub(bytes, Ordering::Relaxed);
+        self.shared.budget.sub(bytes);
+        self.shared.writing_since.store(0, Ordering::Relaxed);
     }
 
-    /// A waiting message, if any (tests read queues without a runtime).
+    /// A waiting message, if any, written at once (tests read queues without a runtime).
     #[cfg(test)]
     pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
-        let item = self.0.items().pop_front();
-        if let Some(item) = &item {
-            self.release(item.len());
+        let mut one = Vec::new();
+        match self.take(&mut one, 1) {
+            Some(Recv::Items(1)) => {
+                self.release();
+                one.pop()
+            }
+            _ => None,
         }
-        item
     }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.0.receiver_gone.store(true, Ordering::Relaxed);
-        let mut items = self.0.items();
-        items.clear();
-        let held = self.0.held.swap(0, Ordering::Relaxed);
-        drop(items);
-        self.0.budget.sub(held);
+        let shared = &self.shared;
+        shared.receiver_gone.store(true, Ordering::Relaxed);
+        let mut state = shared.state();
+        state.items.clear();
+        shared.following.store(false, Ordering::SeqCst);
+        let held = shared.held.swap(0, Ordering::Relaxed);
+        drop(state);
+        shared.budget.sub(held);
     }
 }
 
@@ -333,7 +577,7 @@ mod tests {
     #[test]
     fn bytes_are_bounded_per_queue_and_counted_until_written_or_dropped() {
         let budget = Budget::new(10, usize::MAX);
-        let (tx, rx) = budgeted(100, budget.clone());
+        let (tx, mut rx) = budgeted(100, budget.clone(), LeaveLog::new());
         assert_eq!(tx.try_send("12345".into()), Ok(()));
         assert_eq!(tx.try_send("123456".into()), Err(TrySendError::OverBudget));
         assert_eq!(tx.try_send("12345".into()), Ok(()));
@@ -342,9 +586,9 @@ mod tests {
         let mut buffer = Vec::new();
         assert_eq!(rx.take(&mut buffer, 1), Some(Recv::Items(1)));
         assert_eq!(budget.held(), 10);
-        rx.release(5);
+        rx.release();
         assert_eq!((tx.held(), budget.held()), (5, 5));
-        let (tx2, rx2) = budgeted(100, budget.clone());
+        let (tx2, rx2) = budgeted(100, budget.clone(), LeaveLog::new());
         tx2.try_send("abc".into()).unwrap();
         assert_eq!(budget.held(), 8);
         drop(rx2);
@@ -356,6 +600,101 @@ mod tests {
         );
     }
 
+    /// Pushes `texts` to the log and publishes them, as the hub does.
+    fn publish(log: &LeaveLog, tx: &Sender, texts: impl IntoIterator<Item = String>) {
+        for t in texts {
+            log.push(t.into());
+        }
+        let published = log.publish();
+        let _ = tx.offer_leaves(published);
+    }
+
+    #[test]
+    fn leave_notices_take_one_item_follow_the_log_and_come_out_in_order_among_texts() {
+        let log = LeaveLog::new();
+        let (tx, mut rx) = budgeted(3, Budget::unlimited(), log.clone());
+        tx.try_send("before".into()).unwrap();
+        // One open run: every later notice joins it without the queue being offered it.
+        publish(&log, &tx, (0..10).map(|i| format!("left {i}")));
+        for i in 10..1_000 {
+            log.push(format!("left {i}").into());
+            log.publish();
+        }
+        assert_eq!(tx.downgrade().level().messages, 1_001);
+        let mut got = Vec::new();
+        assert_eq!(rx.take(&mut got, 64), Some(Recv::Items(64)));
+        rx.release();
+        // A text closes the run; a later notice opens another: three items, the queue is full.
+        tx.try_send("after".into()).unwrap();
+        publish(&log, &tx, ["left late".to_owned()]);
+        assert_eq!(tx.try_send("one too many".into()), Err(TrySendError::Full));
+        // Taken in batches of 64: the run is split, never reordered.
+        while let Some(Recv::Items(_)) = rx.take(&mut got, 64) {
+            rx.release();
+        }
+        let got: Vec<&str> = got.iter().map(|t| t.as_str()).collect();
+        assert_eq!(got.len(), 1_003);
+        assert_eq!(got[0], "before");
+        for (i, text) in got[1..1_001].iter().enumerate() {
+            assert_eq!(*text, format!("left {i}"));
+        }
+        assert_eq!(&got[1_001..], ["after", "left late"]);
+    }
+
+    #[test]
+    fn a_queue_gets_only_the_notices_published_after_it_was_made_each_once() {
+        let log = LeaveLog::new();
+        let (early, mut early_rx) = budgeted(8, Budget::unlimited(), log.clone());
+        publish(&log, &early, ["left a".to_owned()]);
+        let (late, mut late_rx) = budgeted(8, Budget::unlimited(), log.clone());
+        log.push("left b".into());
+        let published = log.publish();
+        for tx in [&early, &late] {
+            tx.offer_leaves(published.clone()).unwrap();
+            // Offered twice (a queue is never offered a range twice, but a text between
+            // must not make it come again).
+            tx.try_send("text".into()).unwrap();
+            tx.offer_leaves(published.clone()).unwrap();
+        }
+        let drain = |rx: &mut Receiver| {
+            let mut got = Vec::new();
+            while let Some(Recv::Items(_)) = rx.take(&mut got, 64) {}
+            got.iter().map(|t| t.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(drain(&mut early_rx), ["left a", "left b", "text"]);
+        assert_eq!(drain(&mut late_rx), ["left b", "text"]);
+    }
+
+    #[test]
+    fn a_run_older_than_the_log_is_reported_lagged_never_skipped() {
+        let log = LeaveLog::with_capacity(4);
+        let (tx, mut rx) = budgeted(8, Budget::unlimited(), log.clone());
+        publish(&log, &tx, (0..6).map(|i| format!("left {i}")));
+        assert_eq!(log.len(), 4, "the log keeps its capacity");
+        assert_eq!(rx.take(&mut Vec::new(), 64), Some(Recv::Lagged));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_following_the_log_is_woken_by_a_published_notice() {
+        let log = LeaveLog::new();
+        let (tx, mut rx) = budgeted(8, Budget::unlimited(), log.clone());
+        publish(&log, &tx, ["left a".to_owned()]);
+        let mut got = Vec::new();
+        assert_eq!(rx.recv_many(&mut got, 8).await, Recv::Items(1));
+        let waiting = tokio::spawn(async move {
+            let mut b = Vec::new();
+            let n = rx.recv_many(&mut b, 8).await;
+            (n, b)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        publish(&log, &tx, ["left b".to_owned()]);
+        let (n, b) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((n, b[0].as_str()), (Recv::Items(1), "left b"));
+    }
+
     #[tokio::test]
     async fn a_drained_queue_gives_its_memory_back() {
         let (tx, mut rx) = channel(1000);
@@ -364,6 +703,6 @@ mod tests {
         }
         let mut buffer = Vec::new();
         while rx.recv_many(&mut buffer, 64).await == Recv::Items(64) {}
-        assert!(rx.0.items().capacity() <= KEEP);
+        assert!(rx.shared.state().items.capacity() <= KEEP);
     }
 }

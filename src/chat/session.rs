@@ -314,6 +314,8 @@ where
             }
             // Every sender is gone: the membership was dropped, the session is ending.
             Recv::Closed => return End::Server(CloseReason::InternalError),
+            // Leave notices meant for this client are gone from the log: it fell that far behind.
+            Recv::Lagged => return End::Server(CloseReason::SlowConsumer),
         }
         let frames = batch.len() as u64;
         let bytes: usize = batch.iter().map(|t| t.as_str().len()).sum();
@@ -328,7 +330,7 @@ where
             Ok(Err(_)) => return End::WriteFailed,
             Ok(Ok(())) => {
                 // Written: no longer held against the byte budget.
-                outbound.release(bytes);
+                outbound.release();
                 entry.record_sent_many(frames, bytes);
             }
         }

@@ -38,6 +38,8 @@ pub(super) enum Outgoing {
         /// The publish span, ended once Redis has taken the message.
         span: Option<tracing::Span>,
         traceparent: Option<String>,
+        /// A leave notice.
+        leave: bool,
     },
     /// A request or reply for one node's control channel.
     Control { channel: String, wire: Wire },
@@ -51,6 +53,16 @@ pub(super) struct Outbox {
 
 impl Forward for Outbox {
     fn forward(&self, text: &Utf8Bytes, span: Option<&tracing::Span>) {
+        self.queue_chat(text, span, false);
+    }
+
+    fn forward_leave(&self, text: &Utf8Bytes) {
+        self.queue_chat(text, None, true);
+    }
+}
+
+impl Outbox {
+    fn queue_chat(&self, text: &Utf8Bytes, span: Option<&tracing::Span>, leave: bool) {
         let metrics = &self.shared.metrics;
         if !self.shared.publishing.load(Relaxed) {
             metrics.backplane_drop(BackplaneDrop::BackplaneDown, 1);
@@ -74,6 +86,7 @@ impl Forward for Outbox {
             sent_at: unix_now_ns(),
             span,
             traceparent,
+            leave,
         };
         match self.tx.try_send(item) {
             Ok(()) => {}
@@ -87,9 +100,7 @@ impl Forward for Outbox {
             }
         }
     }
-}
 
-impl Outbox {
     /// Queues a control message; `false` when the publisher is down or its queue is full.
     pub fn control(&self, channel: String, wire: Wire) -> bool {
         self.shared.publishing.load(Relaxed)
@@ -278,6 +289,7 @@ async fn publish_batch(
                 sent_at,
                 span,
                 traceparent,
+                leave,
             } => {
                 *seq += 1;
                 chats += 1;
@@ -290,6 +302,7 @@ async fn publish_batch(
                     sent_at,
                     text: text.as_str(),
                     traceparent: traceparent.as_deref(),
+                    leave,
                 };
                 pipe.publish(&chat_channel, encode(&wire)).ignore();
                 spans.extend(span);
@@ -423,6 +436,7 @@ fn receive(shared: &Arc<Shared>, outbox: &Arc<Outbox>, payload: &[u8]) {
             sent_at,
             text,
             traceparent,
+            leave,
         } => {
             let missed = shared.sequences.observe(&node, epoch, seq);
             if missed > 0 {
@@ -452,6 +466,10 @@ fn receive(shared: &Arc<Shared>, outbox: &Arc<Outbox>, payload: &[u8]) {
                     span
                 });
             let _entered = span.as_ref().map(tracing::Span::enter);
+            if leave {
+                shared.hub.deliver_remote_leave(text.into());
+                return;
+            }
             let delivered = shared.hub.deliver_remote(text.into());
             if let Some(span) = &span {
                 span.record("delivered", delivered as i64);

@@ -54,6 +54,10 @@ pub enum Wire {
         /// W3C trace context of the publish span, when the message is traced.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         traceparent: Option<String>,
+        /// A leave notice: the receiving node holds it once in its leave log (absent, false,
+        /// from nodes that do not send it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        leave: bool,
     },
     /// A connections-API request for the node owning the channel.
     Request { node: String, id: u64, op: Op },
@@ -78,6 +82,8 @@ pub struct ChatOut<'a> {
     pub text: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub leave: bool,
 }
 
 /// A connections-API operation served by another node.
@@ -134,13 +140,18 @@ mod tests {
             sent_at: 3,
             text: "Client #x says: \"hi\" \u{1F600}".into(),
             traceparent: None,
+            leave: false,
         };
         let json = serde_json::to_string(&chat).unwrap();
-        assert!(!json.contains("traceparent"));
+        assert!(!json.contains("traceparent") && !json.contains("leave"));
         // What the publisher writes, borrowing the text, is the very same JSON.
-        for traceparent in [
-            None,
-            Some("00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"),
+        for (traceparent, leave) in [
+            (None, false),
+            (
+                Some("00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"),
+                false,
+            ),
+            (None, true),
         ] {
             let owned = Wire::Chat {
                 node: "a".into(),
@@ -149,6 +160,7 @@ mod tests {
                 sent_at: 3,
                 text: "Client #x says: \"hi\" \u{1F600}".into(),
                 traceparent: traceparent.map(str::to_owned),
+                leave,
             };
             let borrowed = ChatOut {
                 node: "a",
@@ -157,7 +169,10 @@ mod tests {
                 sent_at: 3,
                 text: "Client #x says: \"hi\" \u{1F600}",
                 traceparent,
+                leave,
             };
+            let json = serde_json::to_string(&owned).unwrap();
+            assert_eq!(serde_json::from_str::<Wire>(&json).unwrap(), owned);
             assert_eq!(
                 serde_json::to_string(&borrowed).unwrap(),
                 serde_json::to_string(&owned).unwrap()

@@ -71,3 +71,32 @@ async fn clients_vanishing_at_once_are_client_gone_not_slow_consumers() {
 async fn clients_vanishing_at_once_on_two_threads_are_client_gone_not_slow_consumers() {
     storm("two threads", 1_000, 16).await;
 }
+
+/// A client that stays and reads everything is not a slow consumer, however many leave notices
+/// a mass departure lands on it at once: it hears every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_reader_hears_every_leave_notice_of_a_departure_larger_than_its_queue() {
+    const N: usize = 1_000;
+    let app = spawn_app_with(|s| s.websocket.outbound_queue = 16).await;
+    let mut survivor = app.connect("survivor").await;
+    let clients = connect_many(&app, "storm", N).await;
+    app.wait_for_active(N as u64 + 1).await;
+
+    vanish(clients);
+    let mut left = std::collections::HashSet::new();
+    while left.len() < N {
+        let text = survivor.recv_text().await;
+        let who = text
+            .strip_prefix("Client #storm-")
+            .and_then(|t| t.strip_suffix(" left the chat"))
+            .unwrap_or_else(|| panic!("unexpected {text:?}"));
+        assert!(left.insert(who.to_owned()), "{text} twice");
+    }
+    let stats = app.wait_for_active(1).await;
+    let disconnects = &stats["global_stats"]["disconnects"];
+    assert_eq!(disconnects["client_gone"], N as u64, "{disconnects:#}");
+    assert_eq!(disconnects["slow_consumer"], 0, "{disconnects:#}");
+    // Still chatting.
+    survivor.send("still here").await;
+    assert_eq!(survivor.recv_text().await, "You sent: still here");
+}
