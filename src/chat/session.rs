@@ -40,6 +40,12 @@ pub struct SessionLimits {
 /// Messages written per flush, at most.
 const WRITE_BATCH: usize = 64;
 
+/// The connection's TCP socket (its descriptor), given by the accept loop so a close can wait
+/// until the client has received everything sent ([`wait_received`]); absent for streams that
+/// are not a plain TCP socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Socket(pub std::os::fd::RawFd);
+
 /// With the `fault-injection` feature (tests only, never in a release build), this chat text
 /// makes the connection's task panic.
 #[cfg(feature = "fault-injection")]
@@ -71,6 +77,7 @@ pub async fn run<S, R>(
     membership: Membership,
     mut outbound: Receiver,
     limits: SessionLimits,
+    socket: Option<Socket>,
 ) where
     S: Sink<Message, Error = axum::Error> + Unpin,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -134,7 +141,7 @@ pub async fn run<S, R>(
         }
     };
     drop(outbound);
-    let outcome = finish(end, &mut sink, &mut stream, &limits).await;
+    let outcome = finish(end, &mut sink, &mut stream, &limits, socket).await;
     guard.set_outcome(outcome);
     // The leave notice goes out inside the connection span, as its last work.
     guard.attach(membership);
@@ -142,7 +149,13 @@ pub async fn run<S, R>(
 }
 
 /// Sends or answers the close frame as `end` requires; how the connection ended.
-async fn finish<S, R>(end: End, sink: &mut S, stream: &mut R, limits: &SessionLimits) -> Outcome
+async fn finish<S, R>(
+    end: End,
+    sink: &mut S,
+    stream: &mut R,
+    limits: &SessionLimits,
+    socket: Option<Socket>,
+) -> Outcome
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -166,6 +179,7 @@ where
                 code,
                 reason: Utf8Bytes::from_static(reason.as_str()),
             });
+            let closing = tokio::time::Instant::now();
             let sent = matches!(
                 tokio::time::timeout(limits.close_timeout, sink.send(Message::Close(frame))).await,
                 Ok(Ok(()))
@@ -179,6 +193,13 @@ where
             } else {
                 None
             };
+            // No answer read: the client may not be reading yet, or the input cannot be read
+            // (the rest of an oversized frame). Keep the socket until the client has received
+            // what was sent, close frame included, so the reset cannot destroy it.
+            if let (true, None, Some(socket)) = (sent, answered, socket) {
+                let left = limits.close_timeout.saturating_sub(closing.elapsed());
+                wait_received(socket, left).await;
+            }
             let _ = tokio::time::timeout(limits.close_timeout, sink.close()).await;
             Outcome {
                 reason,
@@ -192,6 +213,34 @@ where
             code_received: None,
         },
     }
+}
+
+/// Waits until the peer has acknowledged everything sent on `socket` (its send queue is
+/// empty), looking every 5 ms, for at most `timeout`.
+async fn wait_received(socket: Socket, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while unacknowledged(socket) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Bytes sent on `socket` and not yet acknowledged by the peer (0 when unknown).
+#[cfg(target_os = "linux")]
+fn unacknowledged(socket: Socket) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int; the descriptor belongs to this connection's
+    // socket, which the session keeps open until it returns.
+    let ok = unsafe { libc::ioctl(socket.0, libc::TIOCOUTQ, &mut queued) } == 0;
+    if ok {
+        queued.max(0) as usize
+    } else {
+        0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unacknowledged(_: Socket) -> usize {
+    0
 }
 
 /// Most bytes read and discarded while waiting for the client's answer to a close frame.

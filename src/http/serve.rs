@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use super::client_addr::Resolver;
+use crate::chat::session::Socket;
 use crate::monitor::{Registry, RejectReason};
 use crate::shutdown::Deadline;
 use crate::telemetry::export::FailureLog;
@@ -157,7 +158,8 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
         metrics.http_connections.increment(1.0);
-        let service = connection_service(router.clone(), peer, resolver.clone());
+        let socket = Socket(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+        let service = connection_service(router.clone(), peer, socket, resolver.clone());
         let conn = builder
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
@@ -213,10 +215,12 @@ async fn refuse(mut tcp: tokio::net::TcpStream) {
 }
 
 /// The router as a hyper service for one connection from `peer`: each request carries the
-/// peer (`ConnectInfo`) and the client address resolved from it and the request's headers.
+/// peer (`ConnectInfo`), the client address resolved from it and the request's headers, and the
+/// socket (for a closing WebSocket to wait until its client has received everything).
 fn connection_service(
     router: Router,
     peer: SocketAddr,
+    socket: Socket,
     resolver: Arc<Resolver>,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
@@ -228,6 +232,7 @@ fn connection_service(
         let client = resolver.resolve(peer.ip(), request.headers());
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(client);
+        request.extensions_mut().insert(socket);
         let mut router = router.clone();
         async move { router.call(request.map(axum::body::Body::new)).await }
     })

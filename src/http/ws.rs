@@ -67,6 +67,7 @@ async fn empty_client_id(State(state): State<ChatState>) -> ApiError {
 async fn upgrade(
     State(state): State<ChatState>,
     address: ClientAddress,
+    tcp: Option<axum::Extension<session::Socket>>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -136,6 +137,7 @@ async fn upgrade(
         .on_upgrade(move |socket| async move {
             let _token = token;
             let halves = socket.split();
-            session::run(halves, guard, membership, outbound, limits).await;
+            let tcp = tcp.map(|axum::Extension(s)| s);
+            session::run(halves, guard, membership, outbound, limits, tcp).await;
         }))
 }

@@ -115,3 +115,46 @@ async fn clients_chatting_through_a_shutdown_receive_1001() {
         assert_eq!(f.await.unwrap(), (1001, "server_shutdown".into()));
     }
 }
+
+/// 1009 reaches a client that was not reading when its message was refused: the close frame
+/// waits in the server's send queue behind what the client has not read yet, and the rest of
+/// the oversized frame sits unread in the server's receive queue, so closing the socket at once
+/// would reset the connection and throw the close frame away. The server keeps the socket until
+/// the client has everything (or `websocket.close_timeout_ms`).
+#[tokio::test]
+async fn message_too_big_reaches_a_client_that_was_not_reading_when_it_was_refused() {
+    const BROADCASTS: usize = 12;
+    let app = spawn_app_with(|s| s.websocket.max_message_size = 2048).await;
+    // A small receive window: most of what the server sends it waits in the server's queue.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(app.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(app.ws_url("slow"), tcp)
+        .await
+        .unwrap();
+    let mut talker = app.connect("talker").await;
+    let line = "x".repeat(1_000);
+    for _ in 0..BROADCASTS {
+        talker.send(&line).await;
+        talker.recv_text().await;
+        talker.recv_text().await;
+    }
+    // Not reading, the slow client sends one message far over the limit.
+    slow.send(Message::text("y".repeat(256 * 1024)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now it reads: every broadcast, then the close frame.
+    let mut texts = 0;
+    let code = loop {
+        match tokio::time::timeout(RECV_TIMEOUT, slow.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Text(_))) => texts += 1,
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            other => panic!("after {texts} texts: {other:?}"),
+        }
+    };
+    assert_eq!((texts, code), (BROADCASTS, 1009));
+}
