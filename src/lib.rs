@@ -18,4 +18,5 @@ pub mod http;
 pub mod monitor;
 pub mod shutdown;
 pub mod startup;
+pub mod sync;
 pub mod telemetry;

@@ -19,15 +19,15 @@
 //! next to nothing until its session notices. A run older than the log is [`Recv::Lagged`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
-use futures_util::task::AtomicWaker;
 
 use super::budget::Budget;
 use crate::monitor::entry::QueueLevel;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, AtomicWaker, Mutex, MutexGuard};
 
 /// Capacity kept by a drained queue; anything beyond is given back.
 const KEEP: usize = 16;
@@ -58,7 +58,7 @@ impl LeaveLog {
 
     pub fn with_capacity(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
-            inner: Mutex::default(),
+            inner: Mutex::new(LogInner::default()),
             capacity: capacity.max(1),
             published: AtomicU64::new(0),
         })
@@ -175,6 +175,12 @@ impl Shared {
         if !self.following.load(Ordering::SeqCst) {
             return;
         }
+        // Not following any more *before* reading how far the log is published (both SeqCst),
+        // while a publisher publishes before it looks whether this queue follows: either it
+        // sees this queue not following and offers it the notices (after this lock), or this
+        // read sees them published and the closed run includes them. Found by loom the other
+        // way round: a notice published in between reached neither.
+        self.following.store(false, Ordering::SeqCst);
         let published = self.leaves.published();
         match state.items.back_mut() {
             Some(Item::Leaves { from, to }) if to.is_none() => {
@@ -187,7 +193,6 @@ impl Shared {
             _ => unreachable!("following without an open run"),
         }
         state.leaves_from = published;
-        self.following.store(false, Ordering::SeqCst);
     }
 }
 
@@ -313,7 +318,10 @@ impl Sender {
     /// Asks the receiver to send a ping: [`Receiver::recv_many`] returns [`Recv::Ping`] before
     /// any further message.
     pub fn request_ping(&self) {
-        self.0.ping.store(true, Ordering::Release);
+        // A swap, not a store: the reader swaps the flag back, and loom (0.7) lets a plain
+        // store slip between the two halves of a concurrent swap (tokio-rs/loom#254), which
+        // it then reports as a lost wake-up. The same goes for `idle` below.
+        self.0.ping.swap(true, Ordering::Release);
         self.0.waker.wake();
     }
 
@@ -399,11 +407,11 @@ impl Receiver {
             self.shared.waker.register(cx.waker());
             // Published notices wake an idle writer (see `Sender::offer_leaves`): say so before
             // looking again, so a notice published in between is either seen here or wakes it.
-            self.shared.idle.store(true, Ordering::SeqCst);
+            self.shared.idle.swap(true, Ordering::SeqCst);
             // What was queued before the registration is seen here: nothing is missed.
             let got = self.take(buffer, limit);
             if got.is_some() {
-                self.shared.idle.store(false, Ordering::SeqCst);
+                self.shared.idle.swap(false, Ordering::SeqCst);
             }
             got.map_or(Poll::Pending, Poll::Ready)
         })
@@ -450,7 +458,8 @@ impl Receiver {
             }
         }
         if n == 0 {
-            drop(state);
+            // Under the state lock: a sender cannot queue something and leave in between
+            // (found by loom when the lock was let go first).
             return (shared.senders.load(Ordering::Acquire) == 0).then_some(Recv::Closed);
         }
         let _ = shared.writing_since.compare_exchange(
@@ -704,5 +713,109 @@ mod tests {
         let mut buffer = Vec::new();
         while rx.recv_many(&mut buffer, 64).await == Recv::Items(64) {}
         assert!(rx.shared.state().items.capacity() <= KEEP);
+    }
+}
+
+/// Model-checked with loom (`RUSTFLAGS="--cfg wsmon_loom" cargo test --lib loom`): every
+/// interleaving of a writer waiting on the queue with the senders, within loom's bounds.
+#[cfg(all(test, wsmon_loom))]
+mod loom_tests {
+    use loom::future::block_on;
+    use loom::thread;
+
+    use super::*;
+
+    fn recv(rx: &mut Receiver) -> (Recv, Vec<String>) {
+        let mut got = Vec::new();
+        let r = block_on(rx.recv_many(&mut got, 8));
+        rx.release();
+        (r, got.iter().map(|t| t.to_string()).collect())
+    }
+
+    #[test]
+    fn loom_messages_from_two_senders_arrive_then_the_end_none_lost() {
+        loom::model(|| {
+            let (tx, mut rx) = channel(4);
+            let tx2 = tx.clone();
+            let a = thread::spawn(move || tx.try_send("a".into()).unwrap());
+            let b = thread::spawn(move || tx2.try_send("b".into()).unwrap());
+            let mut got = Vec::new();
+            loop {
+                match recv(&mut rx) {
+                    (Recv::Items(_), texts) => got.extend(texts),
+                    (Recv::Closed, _) => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            a.join().unwrap();
+            b.join().unwrap();
+            got.sort();
+            assert_eq!(got, ["a", "b"]);
+        });
+    }
+
+    #[test]
+    fn loom_a_ping_requested_while_the_writer_registers_wakes_it() {
+        loom::model(|| {
+            let (tx, mut rx) = channel(4);
+            let pinger = thread::spawn(move || {
+                tx.request_ping();
+                tx
+            });
+            assert_eq!(recv(&mut rx).0, Recv::Ping);
+            drop(pinger.join().unwrap());
+        });
+    }
+
+    #[test]
+    fn loom_a_notice_published_while_a_following_writer_waits_wakes_it() {
+        loom::model(|| {
+            let log = LeaveLog::with_capacity(8);
+            let (tx, mut rx) = budgeted(4, Budget::unlimited(), log.clone());
+            log.push("left a".into());
+            tx.offer_leaves(log.publish()).unwrap();
+            assert_eq!(recv(&mut rx).1, ["left a"]);
+            let publisher = {
+                let log = log.clone();
+                thread::spawn(move || {
+                    log.push("left b".into());
+                    tx.offer_leaves(log.publish()).unwrap();
+                    tx
+                })
+            };
+            assert_eq!(recv(&mut rx), (Recv::Items(1), vec!["left b".to_owned()]));
+            drop(publisher.join().unwrap());
+        });
+    }
+
+    #[test]
+    fn loom_a_text_racing_a_published_notice_gets_each_once() {
+        loom::model(|| {
+            let log = LeaveLog::with_capacity(8);
+            let (tx, mut rx) = budgeted(4, Budget::unlimited(), log.clone());
+            log.push("left a".into());
+            tx.offer_leaves(log.publish()).unwrap();
+            let tx2 = tx.clone();
+            let texter = thread::spawn(move || tx2.try_send("text".into()).unwrap());
+            let publisher = {
+                let log = log.clone();
+                thread::spawn(move || {
+                    log.push("left b".into());
+                    tx.offer_leaves(log.publish()).unwrap();
+                })
+            };
+            texter.join().unwrap();
+            publisher.join().unwrap();
+            let mut got = Vec::new();
+            while let (Recv::Items(_), texts) = recv(&mut rx) {
+                got.extend(texts);
+            }
+            assert_eq!(got[0], "left a");
+            let rest: Vec<&str> = got[1..].iter().map(String::as_str).collect();
+            assert!(
+                rest == ["text", "left b"] || rest == ["left b", "text"],
+                "{got:?}"
+            );
+        });
     }
 }

@@ -2,17 +2,17 @@
 //! path updates with relaxed atomics, and the close request an operator or policy can raise.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::task::AtomicWaker;
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::close::CloseReason;
 use super::registry::Totals;
+use crate::sync::{AtomicU8, AtomicWaker};
 
 /// What is known about a connection when it is registered.
 #[derive(Debug, Clone)]
@@ -338,5 +338,38 @@ mod tests {
     fn rfc3339_is_utc_with_z_suffix() {
         assert_eq!(rfc3339(1_000_000), "1970-01-01T00:00:01Z");
         assert_eq!(rfc3339(1_500_000), "1970-01-01T00:00:01.5Z");
+    }
+}
+
+/// Model-checked with loom (`RUSTFLAGS="--cfg wsmon_loom" cargo test --lib loom`).
+#[cfg(all(test, wsmon_loom))]
+mod loom_tests {
+    use loom::future::block_on;
+    use loom::thread;
+
+    use super::*;
+    use crate::monitor::{ConnectionInfo, Registry};
+
+    #[test]
+    fn loom_a_close_requested_while_the_task_registers_wakes_it_and_the_first_wins() {
+        loom::model(|| {
+            let registry = Registry::new(Duration::from_secs(300));
+            let guard = registry.register(ConnectionInfo::new("x"));
+            let entry = guard.entry().clone();
+            let kicker = {
+                let entry = entry.clone();
+                thread::spawn(move || entry.request_close(CloseReason::AdminKick))
+            };
+            let other = entry.request_close(CloseReason::SlowConsumer);
+            let reason = block_on(entry.close_requested());
+            let kicked = kicker.join().unwrap();
+            assert!(kicked != other, "exactly one request wins");
+            let winner = if kicked {
+                CloseReason::AdminKick
+            } else {
+                CloseReason::SlowConsumer
+            };
+            assert_eq!(reason, winner);
+        });
     }
 }
