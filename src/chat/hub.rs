@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::budget::{self, Budget, Shed};
 use super::protocol;
-use super::queue::{self, LeaveLog, Receiver, Sender, TrySendError};
+use super::queue::{self, Combined, LeaveLog, Receiver, Sender, TrySendError};
 use crate::monitor::{CloseReason, ConnectionEntry};
 use crate::telemetry::metrics::Metrics;
 
@@ -61,12 +61,10 @@ pub struct Hub {
     budget: Arc<Budget>,
     /// Leave notices, held once for every queue (see [`queue::LeaveLog`]).
     leaves: Arc<LeaveLog>,
-    /// Held by the one thread publishing leave notices; a departure that finds it held leaves
-    /// its notice to that thread (`leave_pending`), so in a mass departure each pass over the
-    /// members publishes many notices, and no worker thread ever waits for another's pass.
-    leaving: Arc<std::sync::Mutex<()>>,
-    /// Notices are pushed to the log and not yet published.
-    leave_pending: Arc<AtomicBool>,
+    /// Publishes the leave log: one departure at a time runs the pass over the members, and
+    /// those arriving meanwhile leave their notice to it (see [`queue::Combined`]). So in a
+    /// mass departure each pass publishes many notices, and no worker thread waits for another.
+    publishing_leaves: Arc<Combined>,
     /// A shed pass is scheduled.
     shedding: Arc<AtomicBool>,
 }
@@ -107,8 +105,7 @@ impl Hub {
             forward: Arc::default(),
             budget,
             leaves: LeaveLog::new(),
-            leaving: Arc::default(),
-            leave_pending: Arc::default(),
+            publishing_leaves: Arc::default(),
             shedding: Arc::default(),
         }
     }
@@ -184,26 +181,12 @@ impl Hub {
 
     /// Publishes the notices pushed to the log: here, or by the thread publishing already.
     fn publish_leaves(&self) {
-        self.leave_pending.store(true, Ordering::SeqCst);
-        loop {
-            let publishing = match self.leaving.try_lock() {
-                Ok(guard) => guard,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                // The holder sees `leave_pending` before it lets go (or loops again below).
-                Err(std::sync::TryLockError::WouldBlock) => break,
-            };
-            while self.leave_pending.swap(false, Ordering::SeqCst) {
-                let published = self.leaves.publish();
-                if !published.is_empty() {
-                    self.fan_out_with(None, |tx| tx.offer_leaves(published.clone()));
-                }
+        self.publishing_leaves.run(|| {
+            let published = self.leaves.publish();
+            if !published.is_empty() {
+                self.fan_out_with(None, |tx| tx.offer_leaves(published.clone()));
             }
-            drop(publishing);
-            // Pushed after the last look, by a departure that found the lock held.
-            if !self.leave_pending.load(Ordering::SeqCst) {
-                break;
-            }
-        }
+        });
     }
 
     fn fan_out(&self, envelope: &Envelope) -> usize {
@@ -468,6 +451,31 @@ mod tests {
             Some(CloseReason::SlowConsumer)
         );
         assert_eq!(reader_guard.entry().requested_close(), None);
+    }
+
+    #[test]
+    fn leave_notices_from_many_threads_at_once_reach_a_member_each_once() {
+        const LEAVERS: usize = 2_000;
+        let registry = Registry::new(Duration::from_secs(300));
+        let hub = Hub::default();
+        let (_guard, _stays, mut rx) = member(&registry, &hub, "stays", 4);
+        let mut groups: Vec<Vec<_>> = (0..4).map(|_| Vec::new()).collect();
+        for i in 0..LEAVERS {
+            groups[i % 4].push(member(&registry, &hub, &format!("l{i}"), 4));
+        }
+        let threads: Vec<_> = groups
+            .into_iter()
+            .map(|group| std::thread::spawn(move || drop(group)))
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut heard = std::collections::HashSet::new();
+        while let Some(text) = rx.try_recv() {
+            assert!(heard.insert(text.to_string()), "{text} twice");
+        }
+        assert_eq!(heard.len(), LEAVERS);
+        assert!(heard.contains("Client #l1999 left the chat"));
     }
 
     #[tokio::test]

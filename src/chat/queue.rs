@@ -116,6 +116,40 @@ impl LeaveLog {
     }
 }
 
+/// Runs one job at a time for many requesters, none waiting: a request made while the job
+/// runs makes the running thread run it again before it stops (the hub publishes the leave log
+/// this way). One atomic carries both the requests and who runs.
+#[derive(Debug, Default)]
+pub struct Combined {
+    requests: AtomicUsize,
+}
+
+impl Combined {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `job` here, unless another thread is running it: that thread then runs it once
+    /// more, after this call's effects (made before it) are visible to it.
+    pub fn run(&self, mut job: impl FnMut()) {
+        if self.requests.fetch_add(1, Ordering::AcqRel) != 0 {
+            return;
+        }
+        let mut served = 1;
+        loop {
+            job();
+            match self
+                .requests
+                .compare_exchange(served, 0, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                // More arrived while the job ran.
+                Err(now) => served = now,
+            }
+        }
+    }
+}
+
 /// One queued item.
 #[derive(Debug, Clone)]
 enum Item {
@@ -785,6 +819,39 @@ mod loom_tests {
             };
             assert_eq!(recv(&mut rx), (Recv::Items(1), vec!["left b".to_owned()]));
             drop(publisher.join().unwrap());
+        });
+    }
+
+    #[test]
+    fn loom_notices_from_two_departures_at_once_are_both_published() {
+        loom::model(|| {
+            let log = LeaveLog::with_capacity(8);
+            let publishing = std::sync::Arc::new(Combined::new());
+            let (tx, mut rx) = budgeted(4, Budget::unlimited(), log.clone());
+            let tx = std::sync::Arc::new(tx);
+            let departures: Vec<_> = ["left a", "left b"]
+                .into_iter()
+                .map(|text| {
+                    let (log, publishing, tx) = (log.clone(), publishing.clone(), tx.clone());
+                    thread::spawn(move || {
+                        log.push(text.into());
+                        publishing.run(|| {
+                            let published = log.publish();
+                            if !published.is_empty() {
+                                tx.offer_leaves(published).unwrap();
+                            }
+                        });
+                    })
+                })
+                .collect();
+            for d in departures {
+                d.join().unwrap();
+            }
+            let mut got = Vec::new();
+            while let Some(Recv::Items(_)) = rx.take(&mut got, 8) {}
+            let mut got: Vec<String> = got.iter().map(|t| t.to_string()).collect();
+            got.sort();
+            assert_eq!(got, ["left a", "left b"]);
         });
     }
 
