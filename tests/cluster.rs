@@ -588,15 +588,7 @@ async fn a_reader_on_another_node_hears_every_leave_notice_of_a_mass_departure()
     })
     .await;
     drop(leaving);
-    let mut heard = std::collections::HashSet::new();
-    while heard.len() < N {
-        let text = reader.recv_text().await;
-        let who = text
-            .strip_prefix("Client #gone-")
-            .and_then(|t| t.strip_suffix(" left the chat"))
-            .unwrap_or_else(|| panic!("unexpected {text:?}"));
-        assert!(heard.insert(who.to_owned()), "{text} twice");
-    }
+    reader.hear_leaves("gone-", N).await;
     reader.send("still here").await;
     assert_eq!(reader.recv_text().await, "You sent: still here");
     let stats = b.get("/ws-stats").await;

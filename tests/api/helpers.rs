@@ -212,6 +212,21 @@ impl Client {
         }
     }
 
+    /// Reads `n` leave notices of clients whose ids start with `prefix`, and nothing else;
+    /// panics on any other text or a notice heard twice.
+    pub async fn hear_leaves(&mut self, prefix: &str, n: usize) {
+        let mut heard = std::collections::HashSet::new();
+        while heard.len() < n {
+            let text = self.recv_text().await;
+            let who = text
+                .strip_prefix("Client #")
+                .and_then(|t| t.strip_suffix(" left the chat"))
+                .filter(|who| who.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{}: unexpected {text:?}", self.id));
+            assert!(heard.insert(who.to_owned()), "{text} twice");
+        }
+    }
+
     /// Asserts nothing arrives for `wait`.
     pub async fn expect_silence(&mut self, wait: Duration) {
         if let Ok(msg) = tokio::time::timeout(wait, self.ws.next()).await {

@@ -83,15 +83,7 @@ async fn a_live_reader_hears_every_leave_notice_of_a_departure_larger_than_its_q
     app.wait_for_active(N as u64 + 1).await;
 
     vanish(clients);
-    let mut left = std::collections::HashSet::new();
-    while left.len() < N {
-        let text = survivor.recv_text().await;
-        let who = text
-            .strip_prefix("Client #storm-")
-            .and_then(|t| t.strip_suffix(" left the chat"))
-            .unwrap_or_else(|| panic!("unexpected {text:?}"));
-        assert!(left.insert(who.to_owned()), "{text} twice");
-    }
+    survivor.hear_leaves("storm-", N).await;
     let stats = app.wait_for_active(1).await;
     let disconnects = &stats["global_stats"]["disconnects"];
     assert_eq!(disconnects["client_gone"], N as u64, "{disconnects:#}");
