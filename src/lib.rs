@@ -3,7 +3,9 @@
 //! - [`config`]: settings and their layered loading.
 //! - [`startup`]: [`startup::Application`] binds, serves and drains.
 //! - [`shutdown`]: stop signals.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: every metric and span name, the metrics recorder and its OpenTelemetry
+//!   bridge, the OTLP trace and metric pipelines, export health, and the logs.
+//! - [`sync`]: the primitives of the hand-written concurrency (loom's when model-checking).
 //! - [`monitor`]: the reusable monitoring core (registry, connection guard, close reasons).
 //! - [`chat`]: the chat application (protocol texts, hub, session).
 //! - [`cluster`]: several nodes over Redis (chat across nodes, cluster view, remote kicks).

@@ -257,6 +257,12 @@ async fn the_dashboard_shows_live_data_pages_5000_connections_and_disconnects_in
             .await,
         json!(true)
     );
+    // From the first sample the time axis shows the last minute, not years.
+    assert_eq!(
+        page.eval("document.getElementById('chart_active').dataset.windowS")
+            .await,
+        json!("60")
+    );
 
     let hostile = r#"<img src=x onerror="window.__xss=1">"#;
     let mut alice = app.connect("alice").await;

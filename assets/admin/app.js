@@ -79,12 +79,29 @@
     return { width: Math.max(el.clientWidth, 200), height: 160 };
   }
 
+  // The time charts show at least the last minute: uPlot fits the time axis to the data, and
+  // with one sample (the first update) it has no span and is stretched over years.
+  const MIN_WINDOW_S = 60;
+  function showWindow(u) {
+    const t = state.times;
+    if (t.length && t[t.length - 1] - t[0] < MIN_WINDOW_S) {
+      const max = t[t.length - 1];
+      u.setScale("x", { min: max - MIN_WINDOW_S, max });
+    }
+  }
+
   function makeCharts() {
     if (!window.uPlot) return;
     const axes = [{ stroke: "#888", grid: { stroke: "rgba(128,128,128,0.15)" } }, { stroke: "#888", grid: { stroke: "rgba(128,128,128,0.15)" } }];
     const el1 = $("chart_active");
+    // The window shown, in seconds, on the element (what the browser test reads).
+    const hooks = {
+      setScale: [(u, key) => {
+        if (key === "x") el1.dataset.windowS = String(Math.round(u.scales.x.max - u.scales.x.min));
+      }],
+    };
     state.charts.active = new uPlot(
-      { ...chartSize(el1), legend: { show: false }, axes, series: [{}, { label: "active", stroke: "#1f6feb", width: 2 }] },
+      { ...chartSize(el1), legend: { show: false }, axes, hooks, series: [{}, { label: "active", stroke: "#1f6feb", width: 2 }] },
       [[], []],
       el1
     );
@@ -134,6 +151,8 @@
     if (!state.charts.active) return;
     state.charts.active.setData([state.times, state.active]);
     state.charts.rate.setData([state.times, state.rateIn, state.rateOut]);
+    showWindow(state.charts.active);
+    showWindow(state.charts.rate);
     const buckets = g.connection_durations || [];
     state.durationLabels = buckets.map((b) => durationLabel(b.le));
     state.charts.durations.setData([buckets.map((_, i) => i), buckets.map((b) => b.count)]);
