@@ -324,6 +324,14 @@ async fn a_sentinel_failover_is_followed_without_a_restart_and_the_gap_is_counte
     a.wait_ready(2).await;
     b.wait_ready(2).await;
     let (mut alice, mut bob) = chat_crosses(&a, &b).await;
+    // The heartbeat with Sentinel is ROLE: answered `master`, the link stays up.
+    tokio::time::sleep(Duration::from_millis(4 * super::HEARTBEAT_MS)).await;
+    for node in [&a, &b] {
+        for op in ["connect", "publish", "subscribe", "sentinel"] {
+            let series = format!("websocket_server_backplane_errors_total{{operation=\"{op}\"}}");
+            assert_eq!(node.metric(&series).await, 0.0, "{series}");
+        }
+    }
 
     primary.kill();
     let killed = Instant::now();
