@@ -63,15 +63,19 @@ pub fn start_with(env: &[(&str, String)], configure: impl FnOnce(&mut Command)) 
     configure(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Every line is kept, those before "listening" too: a failure logged while the server
+    // starts (a backplane that refuses it) is logged once per interval, then only counted.
+    let mut early = Vec::new();
     let addr = loop {
         let line = lines.next().expect("wsmon logs its address").unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        early.push(line);
         if v["message"] == "listening" {
             break v["address"].as_str().unwrap().parse().unwrap();
         }
     };
     // Keep draining stdout so the server never blocks on a full pipe.
-    let logs = Arc::new(Mutex::new(Vec::new()));
+    let logs = Arc::new(Mutex::new(early));
     let kept = logs.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
