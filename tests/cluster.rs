@@ -133,6 +133,14 @@ impl Node {
     async fn metric(&self, series: &str) -> f64 {
         process::metric(self.addr(), series).await
     }
+
+    /// Asserts no backplane error of these operations was counted.
+    async fn assert_no_backplane_errors(&self, operations: &[&str]) {
+        for op in operations {
+            let series = format!("websocket_server_backplane_errors_total{{operation=\"{op}\"}}");
+            assert_eq!(self.metric(&series).await, 0.0, "{}: {series}", self.addr());
+        }
+    }
 }
 
 /// `node-a` and `node-b` on `redis`, both seeing both.
@@ -218,10 +226,8 @@ async fn chat_crosses_nodes_with_exact_texts_in_order_and_the_view_lists_both() 
     // A steady link: no reconnects after several heartbeats (pings answered).
     tokio::time::sleep(Duration::from_millis(3 * HEARTBEAT_MS)).await;
     for node in [&a, &b] {
-        for op in ["connect", "publish", "subscribe", "presence", "decode"] {
-            let series = format!("websocket_server_backplane_errors_total{{operation=\"{op}\"}}");
-            assert_eq!(node.metric(&series).await, 0.0, "{series}");
-        }
+        node.assert_no_backplane_errors(&["connect", "publish", "subscribe", "presence", "decode"])
+            .await;
     }
 }
 

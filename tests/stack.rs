@@ -8,11 +8,12 @@ mod process;
 #[allow(dead_code)]
 mod redis_server;
 
+use redis_server::free_port;
+
 #[path = "stack/alerts.rs"]
 mod alerts;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,14 +29,6 @@ const PATIENCE: Duration = Duration::from_secs(90);
 fn env(name: &str) -> String {
     std::env::var(name)
         .unwrap_or_else(|_| panic!("{name} is not set: run these tests with stack/run test"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One collector, configured by `otel/collector.yaml` with loopback addresses.
