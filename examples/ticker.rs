@@ -75,6 +75,7 @@ async fn main() -> std::io::Result<()> {
         idle_after: Duration::from_secs(300),
         trace_url_template: String::new(),
         metrics: metrics.metrics.clone(),
+        brief_disconnect_share: 1.0,
     });
     let monitoring = Monitoring::new(
         registry.clone(),

@@ -74,6 +74,7 @@ impl Application {
             idle_after: settings.monitor.idle_after(),
             trace_url_template: settings.telemetry.trace_url_template.clone(),
             metrics: metrics.metrics.clone(),
+            brief_disconnect_share: settings.telemetry.brief_disconnect_share,
         });
         let shutdown = CancellationToken::new();
         let sessions = TaskTracker::new();

@@ -170,18 +170,17 @@ const ACTIVE: &str = "document.getElementById('active_connections').textContent"
 /// Traces on (into memory), so connections have trace ids and the table trace links. Installed
 /// once for this test binary.
 fn install_tracing() {
-    use opentelemetry::trace::TracerProvider as _;
     static PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> =
         std::sync::OnceLock::new();
     PROVIDER.get_or_init(|| {
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_simple_exporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())
-            .build();
-        let subscriber = wsmon::telemetry::get_subscriber(
-            &Default::default(),
-            Some(provider.tracer("wsmon")),
-            std::io::sink,
+        let (provider, traces) = wsmon::telemetry::traces::pipeline(
+            opentelemetry_sdk::trace::SimpleSpanProcessor::new(
+                opentelemetry_sdk::trace::InMemorySpanExporter::default(),
+            ),
+            opentelemetry_sdk::Resource::builder().build(),
         );
+        let subscriber =
+            wsmon::telemetry::get_subscriber(&Default::default(), Some(traces), std::io::sink);
         wsmon::telemetry::install(subscriber);
         provider
     });

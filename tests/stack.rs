@@ -106,6 +106,8 @@ fn wsmon(collector: &Collector, instance: &str, extra: &[(&str, String)]) -> pro
         ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
         // Short test connections still get their open span.
         ("WSMON_TELEMETRY__OPEN_SPAN_AFTER_MS", "0".into()),
+        // And every disconnect record (the share of brief ones has its own test).
+        ("WSMON_TELEMETRY__BRIEF_DISCONNECT_SHARE", "1".into()),
         ("WSMON_TELEMETRY__METRICS_INTERVAL_MS", "1000".into()),
         ("WSMON_MONITOR__SAMPLE_INTERVAL_MS", "1000".into()),
     ];
@@ -802,6 +804,47 @@ async fn every_disconnect_of_a_5000_client_storm_reaches_jaeger_with_its_reason(
     })
     .await;
     assert_eq!(found.len(), N);
+    process::sigterm_and_wait(server);
+}
+
+#[tokio::test]
+async fn brief_normal_disconnects_reach_jaeger_at_their_share_and_abnormal_ones_all() {
+    const N: usize = 200;
+    let env = [
+        ("WSMON_TELEMETRY__BRIEF_DISCONNECT_SHARE", "0.25".to_owned()),
+        // Every connection here is brief: none lasts until its open span.
+        ("WSMON_TELEMETRY__OPEN_SPAN_AFTER_MS", "600000".to_owned()),
+    ];
+    let (_collector, server, prefix) = storm_node("share", N, &env);
+    let normal = format!("{prefix}n");
+    let clients = connect_all(&server, &normal, N).await;
+    futures_util::future::join_all(clients.into_iter().map(|mut ws| async move {
+        ws.close(None).await.unwrap();
+        // Until the server's answer: the close is the client's, and normal.
+        while let Some(Ok(_)) = ws.next().await {}
+    }))
+    .await;
+    let gone = format!("{prefix}g");
+    vanish_all(&server, connect_all(&server, &gone, N).await).await;
+
+    let sampled_out = "websocket_server_telemetry_spans_total{outcome=\"sampled_out\"}";
+    assert_eq!(scraped(&server, sampled_out).await, (N - N / 4) as f64);
+    let closed = "websocket_server_connections_closed_total{close_reason=\"client_closed\",close_initiator=\"client\"}";
+    assert_eq!(scraped(&server, closed).await, N as f64);
+    let found = eventually("every abnormal disconnect in Jaeger", || async {
+        let found = disconnects_in_jaeger("client_gone", &gone).await;
+        (found.len() == N).then_some(found)
+    })
+    .await;
+    assert_eq!(found.len(), N);
+    // Exported before the abnormal ones: in Jaeger by now, and exactly the share.
+    let kept = eventually("the kept share in Jaeger", || async {
+        let kept = disconnects_in_jaeger("client_closed", &normal).await;
+        (kept.len() >= N / 4).then_some(kept)
+    })
+    .await;
+    assert_eq!(kept.len(), N / 4, "{kept:?}");
+    assert_eq!(scraped(&server, DROPPED).await, 0.0);
     process::sigterm_and_wait(server);
 }
 

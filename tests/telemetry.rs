@@ -12,9 +12,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use opentelemetry::trace::{SpanId, Status, TracerProvider as _};
+use opentelemetry::trace::{SpanId, Status};
 use opentelemetry::Value;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{
+    InMemorySpanExporter, SdkTracerProvider, SimpleSpanProcessor, SpanData,
+};
+use opentelemetry_sdk::Resource;
 use tokio_tungstenite::tungstenite::Message;
 use wsmon::config::{LogFormat, LogSettings, MessageSpans};
 use wsmon::monitor::CloseReason;
@@ -43,20 +46,19 @@ fn captured() -> &'static Captured {
     static CAPTURED: OnceLock<Captured> = OnceLock::new();
     CAPTURED.get_or_init(|| {
         let spans = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(spans.clone())
-            .build();
+        let (provider, traces) = wsmon::telemetry::traces::pipeline(
+            SimpleSpanProcessor::new(spans.clone()),
+            Resource::builder().build(),
+        );
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = logs.clone();
         let settings = LogSettings {
             level: "info".into(),
             format: LogFormat::Json,
         };
-        let subscriber = wsmon::telemetry::get_subscriber(
-            &settings,
-            Some(provider.tracer("wsmon")),
-            move || LogWriter(sink.clone()),
-        );
+        let subscriber = wsmon::telemetry::get_subscriber(&settings, Some(traces), move || {
+            LogWriter(sink.clone())
+        });
         wsmon::telemetry::install(subscriber);
         Captured {
             spans,
@@ -418,6 +420,76 @@ async fn every_close_reason_is_recorded_with_initiator_code_and_status() {
         let is_error = matches!(record.status, Status::Error { .. });
         assert_eq!(is_error, !reason.is_normal(), "{}: status", reason.as_str());
     }
+}
+
+/// The client ids starting with `prefix` that have a disconnect record.
+fn records_of(prefix: &str) -> Vec<String> {
+    let mut found: Vec<String> = captured()
+        .spans
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == "websocket.connection")
+        .map(|s| attr_str(&s, "client.id"))
+        .filter(|c| c.starts_with(prefix))
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn brief_normal_disconnects_are_exported_at_their_share_and_the_others_always() {
+    captured();
+    let app = spawn_app_with(|s| {
+        s.telemetry.open_span_after_ms = 300;
+        s.telemetry.brief_disconnect_share = 0.25;
+    })
+    .await;
+    // Eight brief connections closing normally: every fourth record is exported.
+    for i in 0..8 {
+        let mut c = app.connect(&format!("share-brief-{i}")).await;
+        c.ws.close(Some(normal_close())).await.unwrap();
+        app.wait_for_active(0).await;
+    }
+    // Brief and abnormal (the peer vanishes): always.
+    for i in 0..3 {
+        drop(app.connect(&format!("share-gone-{i}")).await);
+        app.wait_for_active(0).await;
+    }
+    // Normal but lasting (its open span was recorded): always, and outside the share's count.
+    let mut lasting = app.connect("share-lasting").await;
+    let id = connection_id_of(&app, "share-lasting").await;
+    wait_for_span(&id, "websocket.open").await;
+    lasting.ws.close(Some(normal_close())).await.unwrap();
+    // Brief and normal in a sampled caller's trace: always.
+    let parent = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut called = app
+        .connect_with("share-called", &[("traceparent", parent)])
+        .await;
+    called.ws.close(Some(normal_close())).await.unwrap();
+    app.wait_for_active(0).await;
+
+    // The in-memory exporter is synchronous: every record kept is there once its connection
+    // is released.
+    assert_eq!(
+        records_of("share-brief-"),
+        ["share-brief-3", "share-brief-7"]
+    );
+    assert_eq!(records_of("share-gone-").len(), 3);
+    assert_eq!(records_of("share-lasting"), ["share-lasting"]);
+    let called = wait_for_client_span("share-called", "websocket.connection").await;
+    assert_eq!(
+        called.span_context.trace_id().to_string(),
+        "5bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "websocket_server_telemetry_spans_total{outcome=\"sampled_out\"} 6"),
+        "six brief records left out, and counted"
+    );
 }
 
 #[tokio::test]

@@ -264,6 +264,12 @@ fn validate(s: &Settings) -> Result<(), (String, String)> {
             "must be greater than 0 and at most 1".into(),
         ));
     }
+    if !(0.0..=1.0).contains(&t.brief_disconnect_share) {
+        return Err((
+            "telemetry.brief_disconnect_share".into(),
+            "must be from 0 to 1".into(),
+        ));
+    }
     if !t.trace_url_template.is_empty() && !t.trace_url_template.contains("{trace_id}") {
         return Err((
             "telemetry.trace_url_template".into(),

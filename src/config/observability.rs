@@ -113,6 +113,10 @@ pub struct TelemetrySettings {
     pub span_queue_size: usize,
     /// A connection's `websocket.open` span is recorded once it has lasted this long (ms).
     pub open_span_after_ms: u64,
+    /// The share (0 to 1) of brief, normal disconnects whose record is exported: connections
+    /// that closed normally before `open_span_after_ms`, outside a sampled caller's trace. Every
+    /// abnormal disconnect and every longer connection is exported whatever this says.
+    pub brief_disconnect_share: f64,
 }
 
 impl Default for TelemetrySettings {
@@ -130,6 +134,7 @@ impl Default for TelemetrySettings {
             shutdown_timeout_ms: 5_000,
             span_queue_size: crate::telemetry::span_queue::DEFAULT_CAPACITY,
             open_span_after_ms: 1_000,
+            brief_disconnect_share: 0.1,
         }
     }
 }

@@ -72,7 +72,8 @@ pub struct ConnectionEntry {
     /// waker (no lock on the task's every wake, as a shared token's waiter list would take).
     close_waker: AtomicWaker,
     queue_probe: OnceLock<QueueProbe>,
-    trace_id: OnceLock<String>,
+    /// The trace id (as the 128-bit number), once telemetry has drawn one.
+    trace_id: OnceLock<u128>,
     totals: Arc<Totals>,
 }
 
@@ -213,12 +214,12 @@ impl ConnectionEntry {
     }
 
     /// The trace id, once telemetry has assigned one.
-    pub fn trace_id(&self) -> Option<&str> {
-        self.trace_id.get().map(String::as_str)
+    pub fn trace_id(&self) -> Option<String> {
+        self.trace_id.get().map(|id| format!("{id:032x}"))
     }
 
     /// Sets the trace id shown in the stats (once; telemetry fills it in).
-    pub fn set_trace_id(&self, trace_id: String) {
+    pub fn set_trace_id(&self, trace_id: u128) {
         let _ = self.trace_id.set(trace_id);
     }
 
@@ -273,7 +274,7 @@ impl ConnectionEntry {
             idle_seconds,
             queue_depth: level.messages,
             queue_bytes: level.bytes,
-            trace_id: self.trace_id.get().cloned().unwrap_or_default(),
+            trace_id: self.trace_id().unwrap_or_default(),
             trace_url: String::new(),
             closing: self.requested_close().map(CloseReason::as_str),
         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use super::close::CloseReason;
 use super::entry::ConnectionEntry;
 use super::registry::Registry;
-use crate::telemetry::{self, names::spans};
+use opentelemetry::KeyValue;
+
+use crate::telemetry::{self, names::attributes as attr, names::spans};
 
 /// How a connection ended, as recorded by its owner just before the guard drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,36 +52,25 @@ impl ConnectionGuard {
         parent: Option<opentelemetry::Context>,
     ) -> Self {
         let info = entry.info();
-        let span = tracing::info_span!(
-            target: "wsmon",
-            "websocket.connection",
-            otel.name = spans::CONNECTION,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            connection.id = %entry.id(),
-            client.id = %info.client_id,
-            client.address = info.address.map(|a| a.to_string()),
-            user_agent.original = info.user_agent.as_deref(),
-            http.route = info.route,
-            network.protocol.name = "websocket",
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            close.reason = tracing::field::Empty,
-            close.initiator = tracing::field::Empty,
-            close.abnormal = tracing::field::Empty,
-            close.code_sent = tracing::field::Empty,
-            close.code_received = tracing::field::Empty,
-            connection.duration_s = tracing::field::Empty,
-            messages.received = tracing::field::Empty,
-            messages.sent = tracing::field::Empty,
-            bytes.received = tracing::field::Empty,
-            bytes.sent = tracing::field::Empty,
-        );
-        if let Some(parent) = parent {
-            telemetry::spans::set_parent(&span, parent);
-        }
-        if let Some(trace_id) = telemetry::spans::record_ids(&span) {
-            entry.set_trace_id(trace_id);
+        let parent = parent.map(|cx| {
+            use opentelemetry::trace::TraceContextExt as _;
+            cx.span().span_context().clone()
+        });
+        let (span, record) = telemetry::records::open(parent, |ids| {
+            tracing::info_span!(
+                target: "wsmon",
+                "websocket.connection",
+                connection.id = %entry.id(),
+                client.id = %info.client_id,
+                client.address = info.address.map(tracing::field::display),
+                user_agent.original = info.user_agent.as_deref(),
+                http.route = info.route,
+                trace_id = ids.map(|cx| tracing::field::display(cx.trace_id())),
+                span_id = ids.map(|cx| tracing::field::display(cx.span_id())),
+            )
+        });
+        if let Some(cx) = record {
+            entry.set_trace_id(u128::from_be_bytes(cx.trace_id().to_bytes()));
         }
         Self {
             registry,
@@ -152,11 +143,14 @@ pub fn record_open(connection: &tracing::Span, entry: &ConnectionEntry) {
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
+    // Its parent is the connection's record, which `tracing-opentelemetry` does not see.
+    telemetry::spans::set_parent_span(&open, connection);
+    telemetry::records::mark_opened(connection);
     telemetry::spans::record_ids(&open);
     open.in_scope(|| tracing::debug!(target: "wsmon", "connection open"));
 }
 
-/// Span fields are recorded as `i64`: tracing-opentelemetry turns `u64` into strings.
+/// Counts are exported as `i64` (OpenTelemetry has no unsigned integers).
 fn as_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -165,37 +159,95 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let outcome = self.effective_outcome();
         let reason = outcome.reason;
-        let status = if reason.is_normal() { "OK" } else { "ERROR" };
         let (bytes_in, bytes_out) = self.entry.bytes();
+        let duration_s = self.entry.age().as_secs_f64();
+        let (received, sent) = (self.entry.messages_received(), self.entry.messages_sent());
         // The disconnect record is the connection span itself, ending now: one span per
-        // disconnect to export, not a close span and a cleanup span repeating it.
-        let span = &self.span;
-        span.record("close.reason", reason.as_str());
-        span.record("close.initiator", reason.initiator().as_str());
-        span.record("otel.status_code", status);
-        if !reason.is_normal() {
-            // A plain attribute to search by: trace stores do not all search by span status.
-            span.record("close.abnormal", true);
+        // disconnect to export, not a close span and a cleanup span repeating it. Exported: every
+        // abnormal one, every connection that lasted (its trace has an open span), every one in
+        // a sampled caller's trace, and a share of the brief normal ones (what a churn is made
+        // of). The fields go to the record directly (one lookup, only when it is kept), not
+        // through the span's ten `record` calls, which every layer would see.
+        let kept = telemetry::records::finish(
+            &self.span,
+            |facts| {
+                !reason.is_normal()
+                    || facts.opened
+                    || facts.parent_sampled
+                    || self.registry.keep_brief_record()
+            },
+            |record| {
+                let info = self.entry.info();
+                record.push(KeyValue::new(
+                    attr::CONNECTION_ID,
+                    self.entry.id().to_string(),
+                ));
+                record.push(KeyValue::new(attr::CLIENT_ID, info.client_id.clone()));
+                if let Some(address) = info.address {
+                    record.push(KeyValue::new(attr::CLIENT_ADDRESS, address.to_string()));
+                }
+                if let Some(ua) = &info.user_agent {
+                    record.push(KeyValue::new(attr::USER_AGENT, ua.clone()));
+                }
+                if let Some(route) = info.route {
+                    record.push(KeyValue::new(attr::HTTP_ROUTE, route));
+                }
+                record.push(KeyValue::new(attr::PROTOCOL, "websocket"));
+                record.push(KeyValue::new(attr::CLOSE_REASON, reason.as_str()));
+                record.push(KeyValue::new(
+                    attr::CLOSE_INITIATOR,
+                    reason.initiator().as_str(),
+                ));
+                if !reason.is_normal() {
+                    // A plain attribute to search by: trace stores do not all search by status.
+                    record.push(KeyValue::new(attr::CLOSE_ABNORMAL, true));
+                }
+                if let Some(code) = outcome.code_sent {
+                    record.push(KeyValue::new(attr::CLOSE_CODE_SENT, i64::from(code)));
+                }
+                if let Some(code) = outcome.code_received {
+                    record.push(KeyValue::new(attr::CLOSE_CODE_RECEIVED, i64::from(code)));
+                }
+                record.push(KeyValue::new(attr::DURATION, duration_s));
+                record.push(KeyValue::new(attr::MESSAGES_RECEIVED, as_i64(received)));
+                record.push(KeyValue::new(attr::MESSAGES_SENT, as_i64(sent)));
+                record.push(KeyValue::new(attr::BYTES_RECEIVED, as_i64(bytes_in)));
+                record.push(KeyValue::new(attr::BYTES_SENT, as_i64(bytes_out)));
+            },
+            !reason.is_normal(),
+        );
+        if kept == Some(false) {
+            self.registry
+                .metrics()
+                .spans(telemetry::metrics::SpanOutcome::SampledOut, 1);
         }
-        if let Some(code) = outcome.code_sent {
-            span.record("close.code_sent", i64::from(code));
-        }
-        if let Some(code) = outcome.code_received {
-            span.record("close.code_received", i64::from(code));
-        }
-        span.record("connection.duration_s", self.entry.age().as_secs_f64());
-        span.record("messages.received", as_i64(self.entry.messages_received()));
-        span.record("messages.sent", as_i64(self.entry.messages_sent()));
-        span.record("bytes.received", as_i64(bytes_in));
-        span.record("bytes.sent", as_i64(bytes_out));
-        // The release work (e.g. the leave notice) and the last log line run inside it.
-        let _in_span = span.enter();
+        // The release work (e.g. the leave notice) and the last log line run inside the span;
+        // the line carries the record's fields.
+        let _in_span = self.span.enter();
         self.attachments.clear();
         self.registry.release(&self.entry, reason);
+        macro_rules! closed {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "wsmon",
+                    $level,
+                    close.reason = reason.as_str(),
+                    close.initiator = reason.initiator().as_str(),
+                    close.code_sent = outcome.code_sent,
+                    close.code_received = outcome.code_received,
+                    connection.duration_s = duration_s,
+                    messages.received = received,
+                    messages.sent = sent,
+                    bytes.received = bytes_in,
+                    bytes.sent = bytes_out,
+                    "connection closed"
+                )
+            };
+        }
         if reason == CloseReason::InternalError {
-            tracing::error!(target: "wsmon", "connection closed");
+            closed!(tracing::Level::ERROR);
         } else {
-            tracing::info!(target: "wsmon", "connection closed");
+            closed!(tracing::Level::INFO);
         }
     }
 }

@@ -20,6 +20,7 @@ use super::entry::{ConnectionEntry, ConnectionInfo, ConnectionSnapshot};
 use super::guard::ConnectionGuard;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::names::DURATION_BUCKETS;
+use crate::telemetry::records::BriefShare;
 
 /// Server-wide counters, updated lock-free, and the metric handles they mirror.
 pub struct Totals {
@@ -61,6 +62,9 @@ pub struct RegistryOptions {
     /// Link template with `{trace_id}`; empty for none.
     pub trace_url_template: String,
     pub metrics: Arc<Metrics>,
+    /// The share of brief, normal disconnects whose record is exported
+    /// (`telemetry.brief_disconnect_share`).
+    pub brief_disconnect_share: f64,
 }
 
 #[derive(Default)]
@@ -80,6 +84,7 @@ pub struct Registry {
     totals: Arc<Totals>,
     idle_after: Duration,
     trace_url_template: Arc<str>,
+    brief_records: Arc<BriefShare>,
 }
 
 /// One bucket of the ended-connection duration histogram.
@@ -118,6 +123,7 @@ impl Registry {
             idle_after,
             trace_url_template: String::new(),
             metrics: Metrics::noop(),
+            brief_disconnect_share: 1.0,
         })
     }
 
@@ -128,7 +134,13 @@ impl Registry {
             totals: Arc::new(Totals::new(options.metrics)),
             idle_after: options.idle_after,
             trace_url_template: options.trace_url_template.into(),
+            brief_records: Arc::new(BriefShare::new(options.brief_disconnect_share)),
         }
+    }
+
+    /// Whether the next brief, normal disconnect's record is exported (its share).
+    pub(super) fn keep_brief_record(&self) -> bool {
+        self.brief_records.keep()
     }
 
     /// The metric handles this registry records into.

@@ -55,6 +55,7 @@ mod tests {
             idle_after: Duration::from_millis(50),
             trace_url_template: String::new(),
             metrics: Arc::clone(&handle.metrics),
+            brief_disconnect_share: 1.0,
         });
         let quiet = registry.register(ConnectionInfo::new("quiet"));
         quiet.entry().set_queue_probe(Box::new(|| QueueLevel {

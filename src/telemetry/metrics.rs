@@ -33,6 +33,9 @@ pub enum SpanOutcome {
     Failed = 2,
     /// Not admitted to the export queue (see `span_queue`).
     Dropped = 3,
+    /// A disconnect record left out by the sampling rule (see `records`); never ended as a
+    /// span, so not among the others.
+    SampledOut = 4,
 }
 
 /// The handles. Cheap to share (`Arc`); every field is a bounded label set.
@@ -61,7 +64,7 @@ pub struct Metrics {
     /// `[signal][0 = success, 1 = failure]`.
     pub telemetry_exports: [[Counter; 2]; 2],
     /// Indexed by [`SpanOutcome`].
-    pub telemetry_spans: [Counter; 4],
+    pub telemetry_spans: [Counter; 5],
     pub backplane_published: Counter,
     pub backplane_received: Counter,
     /// Indexed by [`BackplaneDrop`].
@@ -275,7 +278,7 @@ impl Metrics {
                 })
                 .collect(),
             telemetry_exports: [exports("traces"), exports("metrics")],
-            telemetry_spans: ["ended", "exported", "failed", "dropped"]
+            telemetry_spans: ["ended", "exported", "failed", "dropped", "sampled_out"]
                 .map(|o| counter(names::TELEMETRY_SPANS, &[(names::OUTCOME, o)])),
             backplane_published: counter(
                 names::BACKPLANE_MESSAGES,

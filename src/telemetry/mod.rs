@@ -5,6 +5,8 @@
 //! - [`metrics`]: the metric handles and their recorder (Prometheus + OpenTelemetry bridge).
 //! - [`traces`]: OTLP pipelines, resource, the `OTEL_*` environment.
 //! - [`export`]: export-health counters and throttled failure logs.
+//! - [`records`]: disconnect records, the connection span's OpenTelemetry side, built at the
+//!   close and only when kept.
 //! - [`span_queue`]: admission to the span export queue by priority (disconnect records last
 //!   to go).
 //! - [`spans`]: helpers that tie `tracing` spans to OpenTelemetry trace ids.
@@ -13,6 +15,7 @@ pub mod export;
 pub mod metrics;
 pub mod names;
 mod otel_bridge;
+pub mod records;
 pub mod span_queue;
 pub mod spans;
 pub mod traces;
@@ -21,9 +24,8 @@ use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
@@ -34,12 +36,14 @@ use self::metrics::MetricsHandle;
 pub use self::traces::ExportError;
 use crate::config::{LogFormat, LogSettings, Settings};
 
-/// A subscriber writing logs to `sink` and, given a tracer, spans of wsmon's own targets to
-/// OpenTelemetry (`hyper`, `h2`, `tonic`, `reqwest` never: no telemetry about telemetry).
-/// `RUST_LOG`, when set, overrides `settings.level` for logs; it does not change what is traced.
+/// A subscriber writing logs to `sink` and, given a trace pipeline, spans of wsmon's own targets
+/// to OpenTelemetry (`hyper`, `h2`, `tonic`, `reqwest` never: no telemetry about telemetry):
+/// connection spans as disconnect records ([`records`]), the others through
+/// `tracing-opentelemetry`. `RUST_LOG`, when set, overrides `settings.level` for logs; it does
+/// not change what is traced.
 pub fn get_subscriber<W>(
     settings: &LogSettings,
-    tracer: Option<SdkTracer>,
+    traces: Option<records::Traces>,
     sink: W,
 ) -> Box<dyn Subscriber + Send + Sync>
 where
@@ -63,8 +67,16 @@ where
             .with_filter(filter)
             .boxed(),
     }];
-    if let Some(tracer) = tracer {
+    if let Some(traces) = traces {
         let traced = Targets::new().with_target("wsmon", tracing::Level::INFO);
+        layers.push(
+            records::ConnectionRecords::new(traces.records)
+                .with_filter(traced.clone())
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                    records::ConnectionRecords::owns(m) || (m.is_event() && reaches_traces(m))
+                }))
+                .boxed(),
+        );
         layers.push(
             // Entering a span (every poll of a connection's task) does no OpenTelemetry work:
             // no context activation (nothing inside reads the OpenTelemetry context; parents
@@ -72,13 +84,15 @@ where
             // thread attributes either (memory on every open connection's span, no use to an
             // operator).
             tracing_opentelemetry::layer()
-                .with_tracer(tracer)
+                .with_tracer(traces.tracer)
                 .with_context_activation(false)
                 .with_tracked_inactivity(false)
                 .with_location(false)
                 .with_threads(false)
                 .with_filter(traced)
-                .with_filter(tracing_subscriber::filter::filter_fn(reaches_traces))
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                    reaches_traces(m) && !records::ConnectionRecords::owns(m)
+                }))
                 .boxed(),
         );
     }
@@ -172,9 +186,9 @@ impl Telemetry {
         })
         .await
         .map_err(|e| ExportError(format!("telemetry setup failed: {e}")))??;
-        let (metrics, tracer_provider, meter_provider, instance) = built;
-        let tracer = tracer_provider.as_ref().map(|p| p.tracer("wsmon"));
-        install(get_subscriber(&settings.log, tracer, std::io::stdout));
+        let (metrics, traced, meter_provider, instance) = built;
+        let (tracer_provider, traces) = traced.unzip();
+        install(get_subscriber(&settings.log, traces, std::io::stdout));
         if tracer_provider.is_some() || meter_provider.is_some() {
             tracing::info!(
                 traces = tracer_provider.is_some(),

@@ -283,7 +283,9 @@ pub const METRICS: &[MetricDef] = &[
         labels: &[OUTCOME],
         buckets: &[],
         description: "Spans ended, exported, failed to export, and dropped at a full export \
-                      queue (lowest priority first); ended minus the others is what is queued.",
+                      queue (lowest priority first); ended minus the others is what is queued. \
+                      sampled_out: disconnect records of brief normal connections left out by \
+                      telemetry.brief_disconnect_share (never ended, not among the others).",
     },
     MetricDef {
         name: BACKPLANE_MESSAGES,
@@ -410,6 +412,28 @@ pub const METRICS: &[MetricDef] = &[
 /// The definition of `name`, if it is one of wsmon's.
 pub fn metric(name: &str) -> Option<&'static MetricDef> {
     METRICS.iter().find(|m| m.name == name)
+}
+
+/// Attributes of the disconnect record (the `websocket.connection` span).
+pub mod attributes {
+    pub const CONNECTION_ID: &str = "connection.id";
+    pub const CLIENT_ID: &str = "client.id";
+    pub const CLIENT_ADDRESS: &str = "client.address";
+    pub const USER_AGENT: &str = "user_agent.original";
+    pub const HTTP_ROUTE: &str = "http.route";
+    /// Always `websocket`.
+    pub const PROTOCOL: &str = "network.protocol.name";
+    pub const CLOSE_REASON: &str = "close.reason";
+    pub const CLOSE_INITIATOR: &str = "close.initiator";
+    /// `true` on abnormal disconnects (absent otherwise): a plain attribute to search by.
+    pub const CLOSE_ABNORMAL: &str = "close.abnormal";
+    pub const CLOSE_CODE_SENT: &str = "close.code_sent";
+    pub const CLOSE_CODE_RECEIVED: &str = "close.code_received";
+    pub const DURATION: &str = "connection.duration_s";
+    pub const MESSAGES_RECEIVED: &str = "messages.received";
+    pub const MESSAGES_SENT: &str = "messages.sent";
+    pub const BYTES_RECEIVED: &str = "bytes.received";
+    pub const BYTES_SENT: &str = "bytes.sent";
 }
 
 /// Span names.

@@ -8,8 +8,12 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The OpenTelemetry span context of `span`; invalid when no OpenTelemetry layer is installed.
+/// The OpenTelemetry span context of `span` (a connection span's comes from its disconnect
+/// record); invalid when no OpenTelemetry layer is installed.
 pub fn span_context(span: &tracing::Span) -> SpanContext {
+    if let Some(cx) = super::records::span_context(span) {
+        return cx;
+    }
     span.context().span().span_context().clone()
 }
 
@@ -67,6 +71,18 @@ pub fn parent_from_traceparent(value: &str) -> Option<opentelemetry::Context> {
 /// Makes `span` a child of `parent` (before the span is first entered).
 pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
     let _ = span.set_parent(parent);
+}
+
+/// Makes `span` a child of the span `parent` names (e.g. a connection's `websocket.open`
+/// under the connection, whose span `tracing-opentelemetry` does not see).
+pub fn set_parent_span(span: &tracing::Span, parent: &tracing::Span) {
+    let cx = span_context(parent);
+    if cx.is_valid() {
+        set_parent(
+            span,
+            opentelemetry::Context::new().with_remote_span_context(cx),
+        );
+    }
 }
 
 /// Links `span` to another span (e.g. a message span to its connection).

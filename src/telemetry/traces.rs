@@ -10,14 +10,18 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanProcessor,
+};
 use opentelemetry_sdk::Resource;
 
 use super::export::{CountingMetricExporter, CountingSpanExporter, FailureLog};
 use super::metrics::Metrics;
+use super::records::Traces;
 use super::span_queue::{AdmittingProcessor, Waiting};
 use crate::config::{OtlpProtocol, TelemetrySettings};
 
@@ -114,8 +118,9 @@ pub fn span_queue_size(settings: &TelemetrySettings) -> Result<usize, ExportErro
     }
 }
 
-/// The tracer provider: OTLP exporter → counting wrapper → batch processor (holding
-/// `queue_size` spans) → admitting processor (priorities; counts ended and dropped spans).
+/// The tracer provider and where disconnect records go: OTLP exporter → counting wrapper →
+/// batch processor (holding `queue_size` spans) → admitting processor (priorities; counts ended
+/// and dropped spans), which both the provider and the records feed.
 /// Must run where blocking is allowed (the HTTP exporter builds a blocking client) and a Tokio
 /// runtime is reachable (the gRPC exporter spawns its connection there).
 pub fn tracer_provider(
@@ -123,7 +128,7 @@ pub fn tracer_provider(
     resource: Resource,
     metrics: Arc<Metrics>,
     queue_size: usize,
-) -> Result<SdkTracerProvider, ExportError> {
+) -> Result<(SdkTracerProvider, Traces), ExportError> {
     let endpoint = signal_endpoint(export, "/v1/traces");
     let exporter = match export.protocol {
         OtlpProtocol::Grpc => {
@@ -159,10 +164,52 @@ pub fn tracer_provider(
         .with_batch_config(config)
         .build();
     let processor = AdmittingProcessor::new(batch, waiting, metrics);
-    Ok(SdkTracerProvider::builder()
-        .with_span_processor(processor)
+    Ok(pipeline(processor, resource))
+}
+
+/// A tracer provider ending in `processor`, and the [`Traces`] that hand disconnect records to
+/// the same processor (what tests build around an in-memory exporter, too).
+pub fn pipeline<P: SpanProcessor + 'static>(
+    mut processor: P,
+    resource: Resource,
+) -> (SdkTracerProvider, Traces) {
+    // Set here, once: the provider cannot reach a processor it shares.
+    processor.set_resource(&resource);
+    let shared = Shared(Arc::new(processor));
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(shared.clone())
         .with_resource(resource)
-        .build())
+        .build();
+    let traces = Traces {
+        tracer: provider.tracer("wsmon"),
+        records: shared.0,
+    };
+    (provider, traces)
+}
+
+/// A processor shared by the provider and the disconnect records.
+#[derive(Debug)]
+struct Shared(Arc<dyn SpanProcessor>);
+
+impl Clone for Shared {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl SpanProcessor for Shared {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.0.on_start(span, cx);
+    }
+    fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+        self.0.on_end(span);
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
 }
 
 /// The meter provider: OTLP exporter → counting wrapper → periodic reader. The metric handles

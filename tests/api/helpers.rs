@@ -56,6 +56,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.limits.message_burst = 1_000_000;
     // Tests look for a connection's open span at once; the delayed default has its own test.
     settings.telemetry.open_span_after_ms = 0;
+    // ... and for every disconnect record; the share of brief ones has its own test.
+    settings.telemetry.brief_disconnect_share = 1.0;
     configure(&mut settings);
     let app = Application::build(settings, wsmon::telemetry::metrics::build(None))
         .await
