@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::cluster::ClusterError;
 use crate::monitor::RejectReason;
 
 /// An API or upgrade error.
@@ -28,6 +29,16 @@ pub enum ApiError {
     /// 504: another node did not answer in time.
     #[error("{0}")]
     Timeout(String),
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::UnknownNode(m) => ApiError::NotFound(m),
+            ClusterError::Timeout(m) => ApiError::Timeout(m),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl ApiError {

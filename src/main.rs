@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use wsmon::cluster::ClusterError;
+use wsmon::startup::{Application, StartError};
 use wsmon::telemetry::Telemetry;
-use wsmon::{cluster, config, shutdown, startup::Application};
+use wsmon::{config, shutdown};
 
 /// jemalloc, purging freed memory in a background thread: with glibc malloc, RSS stayed at its
 /// peak after thousands of connections closed; with this, it returns close to the baseline.
@@ -35,7 +37,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut settings = match config::load(cli.config.as_deref()) {
+    let settings = match config::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wsmon: {e}");
@@ -46,8 +48,6 @@ async fn main() -> ExitCode {
         println!("{}", config::to_toml(&settings));
         return ExitCode::SUCCESS;
     }
-    // One id for the cluster view and the telemetry resource.
-    cluster::resolve_node_id(&mut settings.cluster);
     let telemetry = match Telemetry::init(&settings).await {
         Ok(t) => t,
         Err(e) => {
@@ -61,13 +61,17 @@ async fn main() -> ExitCode {
         }
         Err(e) => tracing::warn!(error = %e, "open-file limit not raised"),
     }
-    let listen = settings.server.listen;
     let app = match Application::build(settings, telemetry.metrics.clone()).await {
         Ok(app) => app,
         Err(e) => {
-            tracing::error!(address = %listen, error = %e, "cannot start");
-            eprintln!("wsmon: cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("wsmon: {e}");
+            return match e {
+                StartError::Config(_) | StartError::Cluster(ClusterError::Config(_)) => {
+                    ExitCode::from(64)
+                }
+                _ => ExitCode::FAILURE,
+            };
         }
     };
     let deadline = app.deadline();

@@ -17,11 +17,11 @@ use tokio_util::task::TaskTracker;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::chat::budget::Budget;
-use crate::chat::policy::{MessageSampler, RateLimit};
+use crate::chat::policy::RateLimit;
 use crate::chat::session::SessionLimits;
 use crate::chat::Hub;
-use crate::cluster::{self, Cluster};
-use crate::config::{parse_proxies, Settings};
+use crate::cluster::{self, Cluster, ClusterError};
+use crate::config::{parse_proxies, ConfigError, Settings};
 use crate::http::auth::Auth;
 use crate::http::client_addr::Resolver;
 use crate::http::origin::OriginPolicy;
@@ -32,22 +32,51 @@ use crate::monitor::limits::ConnectionLimiter;
 use crate::monitor::{sampler, CloseReason, Registry, RegistryOptions};
 use crate::shutdown::Deadline;
 use crate::telemetry::metrics::MetricsHandle;
+use crate::telemetry::sampling::MessageSampler;
 
-/// A bound, ready-to-run server.
+/// Why a server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting that cannot be used; names the key (the binary exits with status 64).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The cluster cannot start.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// A bound, ready-to-run server: everything [`Application::build`] decided from the settings,
+/// held until [`Application::run_until_stopped`] serves and drains.
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
+    /// The chat route and the monitoring routes, merged.
     router: Router,
     registry: Registry,
+    /// Rendered by `/metrics`; its histograms are drained every second ([`UPKEEP_EVERY`]).
     prometheus: PrometheusHandle,
+    /// How often the idle and queue-depth gauges are sampled.
     sample_every: Duration,
+    /// Cancelled to begin shutdown (the stop signal, or a test).
     shutdown: CancellationToken,
+    /// Every session, so the drain can wait for them.
     sessions: TaskTracker,
+    /// Unready before closing connections (`shutdown.drain_delay_ms`).
     drain_delay: Duration,
+    /// Longest wait for sessions to end (`shutdown.grace_ms`).
     grace: Duration,
     cluster: Option<Cluster>,
+    /// Caps and timeouts of the accept loop (before any upgrade).
     serve_limits: ServeLimits,
+    /// Who the client is, behind trusted proxies.
     resolver: Arc<Resolver>,
+    /// From the stop signal to exit, shared with the telemetry flush.
     deadline: Deadline,
 }
 
@@ -55,14 +84,16 @@ pub struct Application {
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Application {
-    /// Binds `settings.server.listen` and builds the routers, recording into `metrics`.
-    /// Settings must come from [`crate::config::load`] (or be otherwise valid).
-    pub async fn build(mut settings: Settings, metrics: MetricsHandle) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(settings.server.listen).await?;
-        let addr = listener.local_addr()?;
-        cluster::resolve_node_id(&mut settings.cluster);
+    /// Checks `settings` ([`Settings::validate`]), binds `settings.server.listen` and builds
+    /// the routers, recording into `metrics`.
+    pub async fn build(settings: Settings, metrics: MetricsHandle) -> Result<Self, StartError> {
+        settings.validate()?;
+        let address = settings.server.listen;
+        let bind = |source| StartError::Bind { address, source };
+        let listener = TcpListener::bind(address).await.map_err(bind)?;
+        let addr = listener.local_addr().map_err(bind)?;
         let node = Node {
-            id: settings.cluster.node_id.clone(),
+            id: settings.cluster.resolved_node_id().to_owned(),
             address: if settings.cluster.advertise_url.is_empty() {
                 format!("http://{addr}")
             } else {
@@ -79,8 +110,11 @@ impl Application {
         let shutdown = CancellationToken::new();
         let sessions = TaskTracker::new();
         let resolver = Arc::new(Resolver::new(
-            parse_proxies(&settings.server.trusted_proxies)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            parse_proxies(&settings.server.trusted_proxies).map_err(|message| ConfigError {
+                key: "server.trusted_proxies".into(),
+                source: "settings".into(),
+                message,
+            })?,
             settings.server.client_address_header,
         ));
         let hub = Hub::with_budget(
@@ -101,7 +135,7 @@ impl Application {
                 settings.limits.max_connections,
                 settings.limits.max_connections_per_ip,
             ),
-            origins: Arc::new(OriginPolicy::new(&settings.security)),
+            origins: Arc::new(OriginPolicy::new(&settings.security)?),
         };
         let monitoring = Monitoring::new(
             registry.clone(),
@@ -133,8 +167,7 @@ impl Application {
                     },
                 )
             })
-            .transpose()
-            .map_err(std::io::Error::other)?;
+            .transpose()?;
         let monitoring = match &cluster {
             Some(c) => monitoring.with_cluster(c.clone()),
             None => monitoring,

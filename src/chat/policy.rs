@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use super::hub::Membership;
 use super::protocol;
-use crate::config::MessageSpans;
 use crate::monitor::{CloseReason, ConnectionEntry};
 
 /// Rate limit settings for one connection.
@@ -195,30 +194,6 @@ pub async fn watch(
         }
         sleep.as_mut().reset(due.into());
         (&mut sleep).await;
-    }
-}
-
-/// Which inbound messages get a `websocket.message` span: none, every `n`-th of a connection,
-/// or all. Deterministic and free of shared state, so it costs one modulo per message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MessageSampler {
-    every: Option<u64>,
-}
-
-impl MessageSampler {
-    /// From the settings: `off`, `ratio` (every ⌈1/ratio⌉-th message) or `all`.
-    pub fn new(policy: MessageSpans, ratio: f64) -> Self {
-        let every = match policy {
-            MessageSpans::Off => None,
-            MessageSpans::All => Some(1),
-            MessageSpans::Ratio => Some((1.0 / ratio).ceil().max(1.0) as u64),
-        };
-        Self { every }
-    }
-
-    /// Whether the `n`-th message (1-based) of a connection is traced.
-    pub fn sample(self, n: u64) -> bool {
-        self.every.is_some_and(|every| n % every == 0)
     }
 }
 

@@ -10,26 +10,32 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 
 use super::hub::{Envelope, Membership};
-use super::policy::{self, Clock, Liveness, MessageSampler, RateLimit, RateLimiter, Verdict};
+use super::policy::{self, Clock, Liveness, RateLimit, RateLimiter, Verdict};
 use super::protocol;
 use super::queue::{Receiver, Recv};
 use crate::monitor::{CloseReason, ConnectionEntry, ConnectionGuard, Outcome};
+use crate::telemetry::sampling::MessageSampler;
 use crate::telemetry::{self, names::spans};
 
-/// Timing, limits and tracing policy for one session.
+/// Timing, limits and tracing policy for one session: resolved once from the settings and
+/// copied into every session, so the session never reads the settings (or a lock) itself.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     /// Longest a batch of writes may block before the client counts as a slow consumer.
     pub send_timeout: Duration,
     /// Longest the closing handshake may take.
     pub close_timeout: Duration,
+    /// Which inbound messages get a `websocket.message` span.
     pub message_spans: MessageSampler,
+    /// How often the server pings.
     pub ping_interval: Duration,
+    /// How long a pong may take before `ping_timeout`.
     pub ping_timeout: Duration,
     /// Idle warning after this long without a chat message...
     pub idle_warn_after: Duration,
     /// ...and the `idle_timeout` close after this long.
     pub idle_close_after: Duration,
+    /// The per-connection message rate limit.
     pub rate: RateLimit,
     /// The close code for `server_shutdown` (1001, or 1012 for a restart).
     pub shutdown_code: u16,
@@ -104,6 +110,14 @@ pub async fn run<S, R>(
         // In a fixed order (no random start per wake): a requested close first, then what the
         // client sent, what it is sent, and the timers. `read_done`: the read future finished
         // and must not be polled again.
+        //
+        // Invariant a change must keep: this is the session's only wait, and it decides how the
+        // session ends. The read future is pinned outside it because it is polled again below
+        // (to tell a client that closed or vanished from a live one); the write and timer
+        // futures are dropped, which is safe only because they hold nothing of their own: what
+        // is not yet written is in the queue or the sink (the close frame goes through the same
+        // sink), the timers' deadlines come from the entry and the liveness state, and a close
+        // requested while another branch won is still in the entry for the outcome to read.
         let (end, read_done) = tokio::select! {
             biased;
             reason = entry.close_requested() => (End::Server(reason), false),

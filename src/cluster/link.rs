@@ -480,15 +480,15 @@ fn receive(shared: &Arc<Shared>, outbox: &Arc<Outbox>, payload: &[u8]) {
             // from other nodes must not wait for it.
             let channel = shared.names.control(&node);
             let Ok(permit) = shared.serving.clone().try_acquire_owned() else {
-                let busy = crate::error::ApiError::Unavailable(
-                    "this node is busy serving other nodes".into(),
-                );
-                let (status, body) = busy.status_and_body();
+                // A reply carries the HTTP API's answer; this is its 503 (`ApiError::Unavailable`).
                 let reply = Wire::Reply {
                     node: shared.node.clone(),
                     id,
-                    status: status.as_u16(),
-                    body,
+                    status: 503,
+                    body: serde_json::json!({
+                        "error": "unavailable",
+                        "message": "this node is busy serving other nodes",
+                    }),
                 };
                 outbox.control(channel, reply);
                 return;

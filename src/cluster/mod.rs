@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::chat::Hub;
 use crate::config::ClusterSettings;
-use crate::error::ApiError;
+use crate::config::ConfigError;
 use crate::monitor::Registry;
 use crate::telemetry::export::FailureLog;
 use crate::telemetry::metrics::Metrics;
@@ -43,34 +43,51 @@ use wire::{Names, NodeInfo, Op, Wire};
 /// the HTTP status and JSON body this node would answer with.
 pub type Serve = Box<dyn Fn(Op, &str) -> (u16, serde_json::Value) + Send + Sync>;
 
-/// State the cluster tasks share.
+/// State the cluster tasks (publisher, subscriber, presence) and the handles share: one
+/// `Arc`, so a task never waits for another to read what it needs.
 pub(crate) struct Shared {
+    /// This node's id (`cluster.node_id`, resolved).
     node: String,
     /// How this process's own chat messages begin on the wire (they come back from Redis).
     own_chat_prefix: Vec<u8>,
+    /// When this process started (ms since the epoch): with `node`, what tells a restarted
+    /// node's sequence numbers from its previous life's.
     epoch: u64,
+    /// The Redis channel and key names under `cluster.prefix`.
     names: Names,
     metrics: Arc<Metrics>,
+    /// Where chat from other nodes is fanned out.
     hub: Hub,
+    /// This node's connections, for its presence record and the connections API.
     registry: Registry,
+    /// `http://host:port` shown for this node in the cluster view.
     address: String,
+    /// RFC 3339, shown in the cluster view.
     started_at: String,
     heartbeat: Duration,
     presence_ttl: Duration,
+    /// Nodes kept in the view, at most (`cluster.max_nodes`).
     max_nodes: usize,
+    /// The publisher's link is up (what `backplane.up` and 503s on cross-node requests read).
     publishing: AtomicBool,
+    /// The subscriber's link is up.
     subscribed: AtomicBool,
     /// Chat bytes waiting in the publish queue, and their limit (`cluster.publish_queue_bytes`).
     queued_bytes: std::sync::atomic::AtomicUsize,
     max_queued_bytes: usize,
+    /// The nodes last read from Redis.
     view: RwLock<View>,
+    /// Requests to other nodes waiting for their answer.
     pending: Pending,
+    /// The last sequence number seen per sending node: gaps are counted as `lost`.
     sequences: Sequences,
+    /// Serves other nodes' connections-API requests here.
     serve: Serve,
     /// Permits for serving other nodes' requests at once.
     serving: Arc<tokio::sync::Semaphore>,
     /// Longest chat text accepted from Redis (bytes).
     max_text: usize,
+    /// Redis failures, logged at most every 30 s with a count.
     log: FailureLog,
     /// Another live node wrote this node's presence key.
     duplicate_log: FailureLog,
@@ -146,22 +163,46 @@ pub struct LocalNode {
     pub max_text: usize,
 }
 
+/// What went wrong in the cluster: starting it, or asking another node.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A cluster setting (or a file it names) that cannot be used; names the key.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The Redis client cannot be built from these settings.
+    #[error("cluster: cannot reach Redis this way: {0}")]
+    Redis(String),
+    /// No node with that id in the cluster view.
+    #[error("{0}")]
+    UnknownNode(String),
+    /// The backplane is down, or too many requests to other nodes are in flight.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The node did not answer within `cluster.request_timeout_ms`.
+    #[error("{0}")]
+    Timeout(String),
+}
+
 impl Cluster {
     /// Starts the publisher, subscriber and presence tasks (they connect, and reconnect, by
     /// themselves) and attaches the backplane to the hub. Fails when the Redis settings (or
     /// the files they name) are wrong; they are checked at load, so only a file changed since
     /// then gets here.
-    pub fn start(settings: &ClusterSettings, member: LocalNode) -> Result<Self, String> {
+    pub fn start(settings: &ClusterSettings, member: LocalNode) -> Result<Self, ClusterError> {
         let target = settings
             .redis_target()
-            .map_err(|(key, message)| format!("{key}: {message}"))?;
+            .map_err(|(key, message)| ConfigError {
+                key,
+                source: "settings".into(),
+                message,
+            })?;
         let source = source::Source::new(target, member.metrics.clone())
-            .map_err(|e| format!("cluster: cannot reach Redis this way: {e}"))?;
+            .map_err(|e| ClusterError::Redis(e.to_string()))?;
         let source = Arc::new(source);
         let started = crate::monitor::entry::now_us();
         let shared = Arc::new(Shared {
-            node: settings.node_id.clone(),
-            own_chat_prefix: wire::chat_prefix(&settings.node_id, started / 1000),
+            node: settings.resolved_node_id().to_owned(),
+            own_chat_prefix: wire::chat_prefix(settings.resolved_node_id(), started / 1000),
             epoch: started / 1000,
             names: Names::new(&settings.prefix),
             metrics: member.metrics,
@@ -279,7 +320,11 @@ impl Cluster {
     }
 
     /// Asks `node` to serve `op`; its status and body, or why it could not be asked.
-    pub async fn request(&self, node: &str, op: Op) -> Result<(u16, serde_json::Value), ApiError> {
+    pub async fn request(
+        &self,
+        node: &str,
+        op: Op,
+    ) -> Result<(u16, serde_json::Value), ClusterError> {
         let s = &self.shared;
         let known = s
             .view
@@ -289,17 +334,17 @@ impl Cluster {
             .iter()
             .any(|n| n.id == node);
         if !known {
-            return Err(ApiError::NotFound(format!(
+            return Err(ClusterError::UnknownNode(format!(
                 "no node {node:?} in the cluster view"
             )));
         }
         if !s.publishing.load(Relaxed) {
-            return Err(ApiError::Unavailable(format!(
+            return Err(ClusterError::Unavailable(format!(
                 "the Redis backplane is down: node {node:?} cannot be reached"
             )));
         }
         let (id, answer) = s.pending.register().ok_or_else(|| {
-            ApiError::Unavailable("too many requests to other nodes in flight".into())
+            ClusterError::Unavailable("too many requests to other nodes in flight".into())
         })?;
         let request = Wire::Request {
             node: s.node.clone(),
@@ -308,7 +353,7 @@ impl Cluster {
         };
         if !self.outbox.control(s.names.control(node), request) {
             s.pending.forget(id);
-            return Err(ApiError::Unavailable(
+            return Err(ClusterError::Unavailable(
                 "the Redis backplane cannot take the request now".into(),
             ));
         }
@@ -316,7 +361,7 @@ impl Cluster {
             Ok(Ok(reply)) => Ok(reply),
             _ => {
                 s.pending.forget(id);
-                Err(ApiError::Timeout(format!(
+                Err(ClusterError::Timeout(format!(
                     "node {node:?} did not answer within {} ms",
                     self.request_timeout.as_millis()
                 )))
@@ -403,43 +448,5 @@ impl ClusterView {
                 is_self: true,
             }],
         )
-    }
-}
-
-/// Fills in `settings.node_id` when empty: the host name (reduced to the allowed characters)
-/// plus a random suffix.
-pub fn resolve_node_id(settings: &mut ClusterSettings) {
-    if !settings.node_id.is_empty() {
-        return;
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default();
-    let mut base: String = host
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        .take(48)
-        .collect();
-    if base.is_empty() {
-        base = "node".into();
-    }
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    settings.node_id = format!("{base}-{}", &suffix[..8]);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::valid_node_id;
-
-    #[test]
-    fn a_generated_node_id_is_valid_and_a_set_one_is_kept() {
-        let mut s = ClusterSettings::default();
-        resolve_node_id(&mut s);
-        assert!(valid_node_id(&s.node_id), "{}", s.node_id);
-        let first = s.node_id.clone();
-        resolve_node_id(&mut s);
-        assert_eq!(s.node_id, first);
     }
 }

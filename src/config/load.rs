@@ -1,5 +1,5 @@
 //! Loading and validating [`Settings`]: layering with figment, then checks serde cannot
-//! express. Every error names the key and the source that set it.
+//! express ([`Settings::validate`]). Every error names the key and the source that set it.
 
 use std::fmt;
 use std::path::Path;
@@ -129,6 +129,20 @@ pub fn parse_proxies(entries: &[String]) -> Result<Vec<IpNet>, String> {
                 .map_err(|_| format!("`{s}` is neither an IP address nor a CIDR range"))
         })
         .collect()
+}
+
+impl Settings {
+    /// The checks serde cannot express, on settings however they were built: [`load`] and
+    /// [`from_figment`] run them (naming the source of a bad value), and so does
+    /// `Application::build`, so settings built in code (tests, an embedding application) are
+    /// held to the same rules. The error names the key; its source is `settings`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate(self).map_err(|(key, message)| ConfigError {
+            key,
+            source: "settings".into(),
+            message,
+        })
+    }
 }
 
 fn validate(s: &Settings) -> Result<(), (String, String)> {

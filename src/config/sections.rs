@@ -278,7 +278,8 @@ pub struct ClusterSettings {
     /// The primary's name in Sentinel (`sentinel monitor <name> …`); required with `sentinels`.
     pub sentinel_master: String,
     /// This node's id (1–64 of `A-Z a-z 0-9 . _ -`), also the `service.instance.id` of its
-    /// telemetry; empty: the host name plus a random suffix, new at every start.
+    /// telemetry; empty: the host name plus a random suffix, new at every start (read it with
+    /// [`Self::resolved_node_id`]).
     pub node_id: String,
     /// The address shown for this node in the cluster view; empty: `http://` + the bound address.
     pub advertise_url: String,
@@ -298,6 +299,41 @@ pub struct ClusterSettings {
     pub max_pending_requests: usize,
     /// Nodes kept in the cluster view, at most.
     pub max_nodes: usize,
+}
+
+impl ClusterSettings {
+    /// This node's id: `node_id` when set, otherwise the process's own (the host name reduced
+    /// to the allowed characters, plus a random suffix, drawn once per process). Every part of
+    /// the process (cluster view, presence, telemetry resource) asks here, so they agree.
+    pub fn resolved_node_id(&self) -> &str {
+        if self.node_id.is_empty() {
+            process_node_id()
+        } else {
+            &self.node_id
+        }
+    }
+}
+
+/// The node id of a process whose settings name none (see
+/// [`ClusterSettings::resolved_node_id`]).
+fn process_node_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_default();
+        let mut base: String = host
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            .take(48)
+            .collect();
+        if base.is_empty() {
+            base = "node".into();
+        }
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        format!("{base}-{}", &suffix[..8])
+    })
 }
 
 impl Default for ClusterSettings {
@@ -347,4 +383,22 @@ pub fn valid_node_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_node_id_resolves_once_per_process_to_a_valid_id_and_a_set_one_is_kept() {
+        let unset = ClusterSettings::default();
+        let first = unset.resolved_node_id().to_owned();
+        assert!(valid_node_id(&first), "{first}");
+        assert_eq!(ClusterSettings::default().resolved_node_id(), first);
+        let set = ClusterSettings {
+            node_id: "node-a".into(),
+            ..ClusterSettings::default()
+        };
+        assert_eq!(set.resolved_node_id(), "node-a");
+    }
 }

@@ -4,7 +4,7 @@
 
 use axum::http::{header, HeaderMap};
 
-use crate::config::{parse_origin, SecuritySettings};
+use crate::config::{parse_origin, ConfigError, SecuritySettings};
 
 /// The parsed policy.
 #[derive(Debug, Clone)]
@@ -14,16 +14,23 @@ pub struct OriginPolicy {
 }
 
 impl OriginPolicy {
-    /// From validated settings.
-    pub fn new(settings: &SecuritySettings) -> Self {
-        Self {
-            allowed: settings
-                .allowed_origins
-                .iter()
-                .filter_map(|o| parse_origin(o).ok())
-                .collect(),
+    /// From the settings; an entry that is not an origin is an error naming the key, never
+    /// dropped.
+    pub fn new(settings: &SecuritySettings) -> Result<Self, ConfigError> {
+        let allowed = settings
+            .allowed_origins
+            .iter()
+            .map(|o| parse_origin(o))
+            .collect::<Result<_, _>>()
+            .map_err(|message| ConfigError {
+                key: "security.allowed_origins".into(),
+                source: "settings".into(),
+                message,
+            })?;
+        Ok(Self {
+            allowed,
             allow_missing: settings.allow_missing_origin,
-        }
+        })
     }
 
     /// `Err` with the reason when the request must be refused.
@@ -73,6 +80,18 @@ mod tests {
             allowed_origins: allowed.iter().map(|s| s.to_string()).collect(),
             allow_missing_origin: allow_missing,
         })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_entry_that_is_not_an_origin_is_an_error_naming_the_key_not_dropped() {
+        let err = OriginPolicy::new(&SecuritySettings {
+            allowed_origins: vec!["https://ok.example".into(), "not an origin".into()],
+            allow_missing_origin: true,
+        })
+        .unwrap_err();
+        assert_eq!(err.key, "security.allowed_origins");
+        assert!(err.message.contains("not an origin"), "{}", err.message);
     }
 
     #[test]

@@ -35,6 +35,14 @@ impl Outcome {
 /// Keeps a connection in the registry; dropping it releases the connection exactly once and
 /// ends the connection span with the disconnect recorded on it (reason, initiator, codes,
 /// duration, message and byte counts).
+///
+/// Drop order, which a change must keep: the outcome is read first (a panic still unwinding
+/// is `internal_error`), the disconnect record is finished while the counts are final, then,
+/// inside the span, the attachments are dropped (the chat membership, whose drop publishes the
+/// leave notice; the connection-cap permit) *before* the registry releases the entry, so that
+/// when `/ws-stats` no longer lists a client its leave notice has already been sent and its
+/// place under the caps is free. The span itself closes last, when the guard's handle and the
+/// session's clones are gone, and only then is the record exported.
 pub struct ConnectionGuard {
     registry: Registry,
     entry: Arc<ConnectionEntry>,

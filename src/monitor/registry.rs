@@ -20,7 +20,7 @@ use super::entry::{ConnectionEntry, ConnectionInfo, ConnectionSnapshot};
 use super::guard::ConnectionGuard;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::names::DURATION_BUCKETS;
-use crate::telemetry::records::BriefShare;
+use crate::telemetry::sampling::BriefShare;
 
 /// Server-wide counters, updated lock-free, and the metric handles they mirror.
 pub struct Totals {

@@ -38,45 +38,68 @@ pub enum SpanOutcome {
     SampledOut = 4,
 }
 
-/// The handles. Cheap to share (`Arc`); every field is a bounded label set.
+/// The handles, one per series, registered once at startup: the hot path indexes an array
+/// instead of looking a name and labels up. Cheap to share (`Arc`); every field is a bounded
+/// label set. Each field's series is the one of the same name in [`names::METRICS`].
 pub struct Metrics {
+    /// Connections open now (incremented at registration, decremented at release).
     pub active_connections: Gauge,
+    /// Connections registered.
     pub connections_opened: Counter,
-    /// Indexed by [`CloseReason::index`].
+    /// Ended connections; indexed by [`CloseReason::index`].
     pub connections_closed: Vec<Counter>,
-    /// Indexed by [`CloseReason::index`].
+    /// How long ended connections lasted; indexed by [`CloseReason::index`].
     pub connection_duration: Vec<Histogram>,
+    /// Chat messages received from clients.
     pub messages_received: Counter,
+    /// Frames sent to clients.
     pub messages_sent: Counter,
+    /// Payload size of received messages.
     pub message_size: Histogram,
+    /// Time to offer one broadcast to every queue.
     pub fanout_duration: Histogram,
+    /// Queued messages, summed over connections (the sampler sets it).
     pub send_queue_messages: Gauge,
+    /// Messages not queued because a queue was full.
     pub send_queue_drops: Counter,
+    /// Outbound bytes held, summed over connections (the sampler sets it).
     pub send_queue_bytes: Gauge,
-    /// Indexed by [`crate::chat::budget::Shed`].
+    /// Connections shed by the byte budget; indexed by [`crate::chat::budget::Shed`].
     pub send_queue_sheds: [Counter; 2],
+    /// Idle connections (the sampler sets it).
     pub idle_connections: Gauge,
+    /// Messages dropped by the per-connection rate limit.
     pub messages_rate_limited: Counter,
-    /// Indexed by [`RejectReason::index`].
+    /// Refused upgrades; indexed by [`RejectReason::index`].
     pub rejections: Vec<Counter>,
-    /// Indexed by [`CloseReason::index`]; present only for reasons with an error type.
+    /// Connections ended by an error; indexed by [`CloseReason::index`], present only for
+    /// reasons with an error type.
     pub errors: Vec<Option<Counter>>,
-    /// `[signal][0 = success, 1 = failure]`.
+    /// OTLP export calls: `[signal][0 = success, 1 = failure]`.
     pub telemetry_exports: [[Counter; 2]; 2],
-    /// Indexed by [`SpanOutcome`].
+    /// Spans by what became of them; indexed by [`SpanOutcome`].
     pub telemetry_spans: [Counter; 5],
+    /// Chat messages published to Redis.
     pub backplane_published: Counter,
+    /// Chat messages received from other nodes.
     pub backplane_received: Counter,
-    /// Indexed by [`BackplaneDrop`].
+    /// Chat messages that did not cross nodes; indexed by [`BackplaneDrop`].
     pub backplane_dropped: [Counter; 4],
-    /// Indexed by [`BackplaneOp`].
+    /// Redis failures; indexed by [`BackplaneOp`].
     pub backplane_errors: [Counter; 6],
+    /// Times Sentinel named another primary.
     pub backplane_primary_switches: Counter,
+    /// From publishing on another node to receiving here.
     pub backplane_latency: Histogram,
+    /// 1 while publishing and subscribed.
     pub backplane_up: Gauge,
+    /// Nodes in the cluster view.
     pub cluster_nodes: Gauge,
+    /// Accepted TCP connections not (yet) upgraded.
     pub http_connections: Gauge,
+    /// Connections closed for a slow request head.
     pub http_header_timeouts: Counter,
+    /// Failed accept calls.
     pub accept_errors: Counter,
     /// `http.server.request.duration`, one histogram per route, method and status.
     pub requests: RequestDurations,

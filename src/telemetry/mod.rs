@@ -3,19 +3,25 @@
 //!
 //! - [`names`]: every metric, span and attribute name, once.
 //! - [`metrics`]: the metric handles and their recorder (Prometheus + OpenTelemetry bridge).
-//! - [`traces`]: OTLP pipelines, resource, the `OTEL_*` environment.
+//! - [`otlp`]: whether and where to export (the `OTEL_*` environment), the resource.
+//! - [`traces`]: the OTLP trace pipeline, shared by the tracer and the disconnect records.
+//! - [`meters`]: the OTLP metric pipeline.
 //! - [`export`]: export-health counters and throttled failure logs.
 //! - [`records`]: disconnect records, the connection span's OpenTelemetry side, built at the
 //!   close and only when kept.
+//! - [`sampling`]: which messages get a span, which brief disconnects a record.
 //! - [`span_queue`]: admission to the span export queue by priority (disconnect records last
 //!   to go).
 //! - [`spans`]: helpers that tie `tracing` spans to OpenTelemetry trace ids.
 
 pub mod export;
+pub mod meters;
 pub mod metrics;
 pub mod names;
 mod otel_bridge;
+pub mod otlp;
 pub mod records;
+pub mod sampling;
 pub mod span_queue;
 pub mod spans;
 pub mod traces;
@@ -33,7 +39,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use self::metrics::MetricsHandle;
-pub use self::traces::ExportError;
+pub use self::otlp::ExportError;
 use crate::config::{LogFormat, LogSettings, Settings};
 
 /// A subscriber writing logs to `sink` and, given a trace pipeline, spans of wsmon's own targets
@@ -147,20 +153,16 @@ impl Telemetry {
     /// Builds the pipelines the settings and `OTEL_*` environment ask for and installs the
     /// global subscriber (logs, plus traces when exporting). Errors are configuration errors.
     pub async fn init(settings: &Settings) -> Result<Self, ExportError> {
-        let export = traces::export_from_env(&settings.telemetry)?;
+        let export = otlp::export_from_env(&settings.telemetry)?;
         let t = settings.telemetry.clone();
-        // The cluster's node id when set (one name for a node everywhere), else a new UUID.
-        let instance_id = if settings.cluster.node_id.is_empty() {
-            uuid::Uuid::new_v4().to_string()
-        } else {
-            settings.cluster.node_id.clone()
-        };
+        // One name for a node everywhere: the cluster's node id.
+        let instance_id = settings.cluster.resolved_node_id().to_owned();
         // The HTTP exporter builds a blocking client: not allowed on an async worker thread.
         let built = tokio::task::spawn_blocking(move || -> Result<_, ExportError> {
             let Some(export) = export else {
                 return Ok((metrics::build(None), None, None, String::new()));
             };
-            let resource = traces::resource(&t, &instance_id);
+            let resource = otlp::resource(&t, &instance_id);
             let instance = resource
                 .get(&opentelemetry::Key::from_static_str("service.instance.id"))
                 .map(|v| v.to_string())
@@ -170,7 +172,7 @@ impl Telemetry {
                 .export_metrics
                 .then(|| {
                     let interval = Duration::from_millis(t.metrics_interval_ms);
-                    traces::meter_provider(&export, resource.clone(), interval, late.clone())
+                    meters::meter_provider(&export, resource.clone(), interval, late.clone())
                 })
                 .transpose()?;
             let handle = metrics::build(meter.as_ref());

@@ -20,12 +20,11 @@
 //! Which records are kept is the monitor's decision (it knows the outcome, see
 //! `monitor::guard`): every abnormal disconnect, every connection that lasted long enough to
 //! have its `websocket.open` span, every one joining a sampled caller's trace, and a configured
-//! share of the rest ([`BriefShare`]). Bound: one record per open connection, its attributes
+//! share of the rest (`sampling::BriefShare`). Bound: one record per open connection, its attributes
 //! fixed by the span's fields plus ten, its events at most [`MAX_EVENTS`].
 
 use std::any::TypeId;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -225,35 +224,6 @@ pub fn finish(
     })
 }
 
-/// Keeps every `n`-th of the records it is asked about: the share of brief, normal disconnects
-/// that is exported (`telemetry.brief_disconnect_share`). Deterministic, so a share of `0.25`
-/// keeps exactly one in four.
-#[derive(Debug)]
-pub struct BriefShare {
-    every: Option<u64>,
-    seen: AtomicU64,
-}
-
-impl BriefShare {
-    /// `share` in `[0, 1]`: 0 keeps none, 1 keeps all, otherwise every ⌈1/share⌉-th.
-    pub fn new(share: f64) -> Self {
-        let every = (share > 0.0).then(|| (1.0 / share.min(1.0)).ceil() as u64);
-        Self {
-            every,
-            seen: AtomicU64::new(0),
-        }
-    }
-
-    /// Whether the next one is kept.
-    pub fn keep(&self) -> bool {
-        match self.every {
-            None => false,
-            Some(1) => true,
-            Some(n) => (self.seen.fetch_add(1, Relaxed) + 1) % n == 0,
-        }
-    }
-}
-
 /// Collects an event's fields as OpenTelemetry attributes, its message as the name.
 struct Fields<'a> {
     attributes: &'a mut Vec<KeyValue>,
@@ -392,22 +362,5 @@ where
         } else {
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_share_keeps_exactly_every_nth() {
-        let kept = |share: f64| {
-            let s = BriefShare::new(share);
-            (0..100).filter(|_| s.keep()).count()
-        };
-        assert_eq!(kept(0.0), 0);
-        assert_eq!(kept(0.25), 25);
-        assert_eq!(kept(0.1), 10);
-        assert_eq!(kept(1.0), 100);
     }
 }

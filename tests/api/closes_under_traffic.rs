@@ -124,7 +124,11 @@ async fn clients_chatting_through_a_shutdown_receive_1001() {
 #[tokio::test]
 async fn message_too_big_reaches_a_client_that_was_not_reading_when_it_was_refused() {
     const BROADCASTS: usize = 12;
-    let app = spawn_app_with(|s| s.websocket.max_message_size = 2048).await;
+    let app = spawn_app_with(|s| {
+        s.websocket.max_message_size = 2048;
+        s.websocket.max_frame_size = 2048;
+    })
+    .await;
     // A small receive window: most of what the server sends it waits in the server's queue.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

@@ -236,3 +236,33 @@ fn help_lists_the_config_flag() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--config <FILE>"));
 }
+
+#[tokio::test]
+async fn settings_built_in_code_are_checked_by_build_and_the_error_names_the_key() {
+    let build = |configure: fn(&mut Settings)| async move {
+        let mut settings = Settings::default();
+        settings.server.listen = "127.0.0.1:0".parse().unwrap();
+        configure(&mut settings);
+        wsmon::startup::Application::build(settings, wsmon::telemetry::metrics::build(None))
+            .await
+            .err()
+    };
+    let key = |e: Option<wsmon::startup::StartError>| match e {
+        Some(wsmon::startup::StartError::Config(e)) => e.key,
+        other => panic!("{other:?}"),
+    };
+    // Skipped by the old build, which trusted settings not made by `config::load`.
+    assert_eq!(
+        key(build(|s| s.telemetry.brief_disconnect_share = 2.0).await),
+        "telemetry.brief_disconnect_share"
+    );
+    assert_eq!(
+        key(build(|s| s.security.allowed_origins = vec!["not an origin".into()]).await),
+        "security.allowed_origins"
+    );
+    assert_eq!(
+        key(build(|s| s.limits.max_connections = 0).await),
+        "limits.max_connections"
+    );
+    assert!(build(|_| {}).await.is_none(), "the defaults build");
+}
