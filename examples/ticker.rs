@@ -74,7 +74,7 @@ async fn main() -> std::io::Result<()> {
     let registry = Registry::with_options(RegistryOptions {
         idle_after: Duration::from_secs(300),
         trace_url_template: String::new(),
-        metrics: metrics.metrics.clone(),
+        metrics: metrics.metrics.connections(),
         brief_disconnect_share: 1.0,
     });
     let monitoring = Monitoring::new(
@@ -82,7 +82,8 @@ async fn main() -> std::io::Result<()> {
         MonitoringSettings::default(),
         CancellationToken::new(),
     )
-    .with_prometheus(metrics.prometheus);
+    .with_prometheus(metrics.prometheus)
+    .with_metrics(metrics.metrics);
     let app = Router::new()
         .route("/ticker/{client_id}", get(subscribe))
         .with_state(registry)

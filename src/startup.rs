@@ -31,7 +31,7 @@ use crate::http::{monitoring_router, stats, Monitoring, MonitoringSettings, Node
 use crate::monitor::limits::ConnectionLimiter;
 use crate::monitor::{sampler, CloseReason, Registry, RegistryOptions};
 use crate::shutdown::Deadline;
-use crate::telemetry::metrics::MetricsHandle;
+use crate::telemetry::metrics::{Metrics, MetricsHandle};
 use crate::telemetry::sampling::MessageSampler;
 
 /// Why a server could not be built.
@@ -59,6 +59,8 @@ pub struct Application {
     /// The chat route and the monitoring routes, merged.
     router: Router,
     registry: Registry,
+    /// Every metric handle (the registry holds only the monitoring core's share).
+    metrics: Arc<Metrics>,
     /// Rendered by `/metrics`; its histograms are drained every second ([`UPKEEP_EVERY`]).
     prometheus: PrometheusHandle,
     /// How often the idle and queue-depth gauges are sampled.
@@ -104,7 +106,7 @@ impl Application {
         let registry = Registry::with_options(RegistryOptions {
             idle_after: settings.monitor.idle_after(),
             trace_url_template: settings.telemetry.trace_url_template.clone(),
-            metrics: metrics.metrics.clone(),
+            metrics: metrics.metrics.connections(),
             brief_disconnect_share: settings.telemetry.brief_disconnect_share,
         });
         let shutdown = CancellationToken::new();
@@ -146,6 +148,7 @@ impl Application {
             shutdown.clone(),
         )
         .with_prometheus(metrics.prometheus.clone())
+        .with_metrics(metrics.metrics.clone())
         .with_auth(Auth::new(&settings.auth))
         .with_node(node.clone());
         let cluster = settings
@@ -178,6 +181,7 @@ impl Application {
             addr,
             router,
             registry,
+            metrics: metrics.metrics.clone(),
             prometheus: metrics.prometheus,
             sample_every: Duration::from_millis(settings.monitor.sample_interval_ms),
             shutdown,
@@ -239,6 +243,7 @@ impl Application {
             addr,
             router,
             registry,
+            metrics,
             prometheus,
             sample_every,
             shutdown,
@@ -266,6 +271,7 @@ impl Application {
             router,
             serve_limits,
             registry.clone(),
+            metrics,
             resolver,
             http_stop.clone(),
             grace,

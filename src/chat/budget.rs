@@ -12,14 +12,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Which budget a shed enforced (the `budget` label of the sheds counter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shed {
-    /// The connection's own share.
-    Connection = 0,
-    /// The process-wide ceiling.
-    Process = 1,
-}
+/// Which budget a shed enforced: a label of telemetry's, like every label.
+pub use crate::telemetry::metrics::Shed;
 
 /// The process-wide count and both limits; shared by every queue.
 #[derive(Debug)]

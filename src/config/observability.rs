@@ -119,6 +119,10 @@ pub struct TelemetrySettings {
     pub brief_disconnect_share: f64,
 }
 
+/// Spans the export queue holds by default (`telemetry.span_queue_size`): about 28 MiB at the
+/// measured 1.7 KB a span.
+pub const DEFAULT_SPAN_QUEUE: usize = 16_384;
+
 impl Default for TelemetrySettings {
     fn default() -> Self {
         Self {
@@ -132,7 +136,7 @@ impl Default for TelemetrySettings {
             message_span_ratio: 0.01,
             trace_url_template: "http://localhost:16686/trace/{trace_id}".into(),
             shutdown_timeout_ms: 5_000,
-            span_queue_size: crate::telemetry::span_queue::DEFAULT_CAPACITY,
+            span_queue_size: DEFAULT_SPAN_QUEUE,
             open_span_after_ms: 1_000,
             brief_disconnect_share: 0.1,
         }

@@ -28,6 +28,7 @@ pub mod serve;
 pub mod stats;
 pub mod ws;
 
+use crate::telemetry::metrics::Metrics;
 use std::sync::Arc;
 
 use axum::http::{header, HeaderValue};
@@ -58,6 +59,8 @@ pub struct Monitoring {
     pub node: Arc<Node>,
     /// The Redis backplane, when several nodes share one cluster.
     pub cluster: Option<Cluster>,
+    /// Where request durations are recorded (no-op handles unless [`Self::with_metrics`]).
+    pub metrics: Arc<Metrics>,
 }
 
 /// This node's identity in the cluster view.
@@ -104,7 +107,14 @@ impl Monitoring {
             auth: None,
             node: Arc::default(),
             cluster: None,
+            metrics: Metrics::noop(),
         }
+    }
+
+    /// Records request durations into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Names this node in the stats and the cluster view.
@@ -137,7 +147,7 @@ impl Monitoring {
 /// `Cache-Control: no-store`.
 pub fn monitoring_router(monitoring: Monitoring) -> Router {
     let auth = monitoring.auth.clone();
-    let metrics = monitoring.registry.metrics().clone();
+    let metrics = monitoring.metrics.clone();
     let router = Router::new()
         .merge(stats::routes())
         .merge(cluster::routes())

@@ -18,6 +18,7 @@
 //! Cut connections and accept failures are counted and logged at most every 30 s with a count.
 //! An upgraded connection leaves the cap: from then on `limits.max_connections` bounds it.
 
+use crate::telemetry::metrics::Metrics;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,12 +99,12 @@ pub async fn serve(
     router: Router,
     limits: ServeLimits,
     registry: Registry,
+    metrics: Arc<Metrics>,
     resolver: Arc<Resolver>,
     stop: CancellationToken,
     grace: Duration,
     deadline: Deadline,
 ) {
-    let metrics = registry.metrics().clone();
     let per_peer = Arc::new(PerPeer::default());
     let permits = Arc::new(Semaphore::new(limits.max_http_connections.max(1)));
     let connections = TaskTracker::new();

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::close::CloseReason;
 use super::registry::Totals;
+use crate::reasons::CloseReason;
 use crate::sync::{AtomicU8, AtomicWaker};
 
 /// What is known about a connection when it is registered.

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::close::CloseReason;
 use super::entry::ConnectionEntry;
 use super::registry::Registry;
+use crate::reasons::CloseReason;
 use opentelemetry::KeyValue;
 
 use crate::telemetry::{self, names::attributes as attr, names::spans};
@@ -225,9 +225,7 @@ impl Drop for ConnectionGuard {
             !reason.is_normal(),
         );
         if kept == Some(false) {
-            self.registry
-                .metrics()
-                .spans(telemetry::metrics::SpanOutcome::SampledOut, 1);
+            self.registry.metrics().records_sampled_out.increment(1);
         }
         // The release work (e.g. the leave notice) and the last log line run inside the span;
         // the line carries the record's fields.

@@ -1,7 +1,8 @@
 //! The reusable monitoring core: any axum application can wrap its own WebSocket handler with
 //! it and get the registry, stats and close-reason accounting, not only the chat.
 //!
-//! - [`close`]: the bounded close and rejection reasons.
+//! - the bounded close and rejection reasons are [`crate::reasons`] (re-exported here): the
+//!   vocabulary this core records and telemetry labels by, below both.
 //! - [`entry`]: one connection's record and its snapshot.
 //! - [`registry`]: the index of live connections and the totals.
 //! - [`paging`]: pages of connections, by age or by value.
@@ -11,7 +12,6 @@
 //! - [`limits`]: global and per-address connection caps.
 
 pub mod client_id;
-pub mod close;
 pub mod entry;
 pub mod guard;
 pub mod limits;
@@ -19,7 +19,7 @@ pub mod paging;
 pub mod registry;
 pub mod sampler;
 
-pub use close::{CloseReason, Initiator, RejectReason};
+pub use crate::reasons::{CloseReason, Initiator, RejectReason};
 pub use entry::{ConnectionEntry, ConnectionInfo, ConnectionSnapshot};
 pub use guard::{ConnectionGuard, Outcome};
 pub use paging::{InvalidCursor, Page, PageRequest, SortKey};

@@ -15,10 +15,10 @@ use std::time::Duration;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::close::{CloseReason, RejectReason};
 use super::entry::{ConnectionEntry, ConnectionInfo, ConnectionSnapshot};
 use super::guard::ConnectionGuard;
-use crate::telemetry::metrics::Metrics;
+use crate::reasons::{CloseReason, RejectReason};
+use crate::telemetry::metrics::ConnectionMetrics;
 use crate::telemetry::names::DURATION_BUCKETS;
 use crate::telemetry::sampling::BriefShare;
 
@@ -34,11 +34,11 @@ pub struct Totals {
     /// Ended connections per duration bucket ([`DURATION_BUCKETS`], then one for longer).
     pub(crate) durations: [AtomicU64; DURATION_BUCKETS.len() + 1],
     pub(crate) rejections: [AtomicU64; RejectReason::ALL.len()],
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) metrics: ConnectionMetrics,
 }
 
 impl Totals {
-    fn new(metrics: Arc<Metrics>) -> Self {
+    fn new(metrics: ConnectionMetrics) -> Self {
         Self {
             total_connections: AtomicU64::default(),
             active_connections: AtomicU64::default(),
@@ -61,7 +61,8 @@ pub struct RegistryOptions {
     pub idle_after: Duration,
     /// Link template with `{trace_id}`; empty for none.
     pub trace_url_template: String,
-    pub metrics: Arc<Metrics>,
+    /// What the core records into (see `ConnectionMetrics`).
+    pub metrics: ConnectionMetrics,
     /// The share of brief, normal disconnects whose record is exported
     /// (`telemetry.brief_disconnect_share`).
     pub brief_disconnect_share: f64,
@@ -122,7 +123,7 @@ impl Registry {
         Self::with_options(RegistryOptions {
             idle_after,
             trace_url_template: String::new(),
-            metrics: Metrics::noop(),
+            metrics: ConnectionMetrics::noop(),
             brief_disconnect_share: 1.0,
         })
     }
@@ -144,7 +145,7 @@ impl Registry {
     }
 
     /// The metric handles this registry records into.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub fn metrics(&self) -> &ConnectionMetrics {
         &self.totals.metrics
     }
 

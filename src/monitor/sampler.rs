@@ -40,7 +40,6 @@ pub fn sample(registry: &Registry) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::monitor::entry::QueueLevel;
@@ -54,7 +53,7 @@ mod tests {
         let registry = Registry::with_options(RegistryOptions {
             idle_after: Duration::from_millis(50),
             trace_url_template: String::new(),
-            metrics: Arc::clone(&handle.metrics),
+            metrics: handle.metrics.connections(),
             brief_disconnect_share: 1.0,
         });
         let quiet = registry.register(ConnectionInfo::new("quiet"));

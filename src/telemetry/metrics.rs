@@ -16,13 +16,22 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use super::names::{self, Kind};
 use super::otel_bridge::OtelBridge;
-use crate::monitor::{CloseReason, RejectReason};
+use crate::reasons::{CloseReason, RejectReason};
 
 /// Signals whose export is counted.
 #[derive(Debug, Clone, Copy)]
 pub enum Signal {
     Traces = 0,
     Metrics = 1,
+}
+
+/// Which budget a shed enforced (the `budget` label of `websocket.server.send_queue.sheds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The connection's own share.
+    Connection = 0,
+    /// The process-wide ceiling.
+    Process = 1,
 }
 
 /// Span lifecycle outcomes counted by `websocket.server.telemetry.spans`.
@@ -64,7 +73,7 @@ pub struct Metrics {
     pub send_queue_drops: Counter,
     /// Outbound bytes held, summed over connections (the sampler sets it).
     pub send_queue_bytes: Gauge,
-    /// Connections shed by the byte budget; indexed by [`crate::chat::budget::Shed`].
+    /// Connections shed by the byte budget; indexed by [`Shed`].
     pub send_queue_sheds: [Counter; 2],
     /// Idle connections (the sampler sets it).
     pub idle_connections: Gauge,
@@ -103,6 +112,41 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// `http.server.request.duration`, one histogram per route, method and status.
     pub requests: RequestDurations,
+}
+
+/// What the monitoring core records (see `monitor`): the handles of the connection-level
+/// series, cloned out of [`Metrics`] (each shares its series). The core holds this and nothing
+/// of the chat's, the cluster's or HTTP's handles.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub active_connections: Gauge,
+    pub connections_opened: Counter,
+    /// Indexed by [`CloseReason::index`].
+    pub connections_closed: Vec<Counter>,
+    /// Indexed by [`CloseReason::index`].
+    pub connection_duration: Vec<Histogram>,
+    /// Indexed by [`CloseReason::index`]; present only for reasons with an error type.
+    pub errors: Vec<Option<Counter>>,
+    /// Indexed by [`RejectReason::index`].
+    pub rejections: Vec<Counter>,
+    pub messages_received: Counter,
+    pub message_size: Histogram,
+    pub messages_sent: Counter,
+    /// Set by the sampler.
+    pub idle_connections: Gauge,
+    /// Set by the sampler.
+    pub send_queue_messages: Gauge,
+    /// Set by the sampler.
+    pub send_queue_bytes: Gauge,
+    /// Disconnect records left out by the sampling rule (`outcome="sampled_out"`).
+    pub records_sampled_out: Counter,
+}
+
+impl ConnectionMetrics {
+    /// Handles that record nothing (a core without metrics, tests).
+    pub fn noop() -> Self {
+        Metrics::noop().connections()
+    }
 }
 
 /// Methods kept as label values; any other is `_OTHER` (OpenTelemetry's convention).
@@ -333,13 +377,32 @@ impl Metrics {
         }
     }
 
+    /// The monitoring core's share of the handles.
+    pub fn connections(&self) -> ConnectionMetrics {
+        ConnectionMetrics {
+            active_connections: self.active_connections.clone(),
+            connections_opened: self.connections_opened.clone(),
+            connections_closed: self.connections_closed.clone(),
+            connection_duration: self.connection_duration.clone(),
+            errors: self.errors.clone(),
+            rejections: self.rejections.clone(),
+            messages_received: self.messages_received.clone(),
+            message_size: self.message_size.clone(),
+            messages_sent: self.messages_sent.clone(),
+            idle_connections: self.idle_connections.clone(),
+            send_queue_messages: self.send_queue_messages.clone(),
+            send_queue_bytes: self.send_queue_bytes.clone(),
+            records_sampled_out: self.telemetry_spans[SpanOutcome::SampledOut as usize].clone(),
+        }
+    }
+
     /// Counts one export call.
     pub fn export(&self, signal: Signal, ok: bool) {
         self.telemetry_exports[signal as usize][usize::from(!ok)].increment(1);
     }
 
     /// Counts connections the byte budget closed.
-    pub fn shed(&self, budget: crate::chat::budget::Shed, n: u64) {
+    pub fn shed(&self, budget: Shed, n: u64) {
         self.send_queue_sheds[budget as usize].increment(n);
     }
 

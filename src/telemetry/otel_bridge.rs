@@ -196,7 +196,7 @@ mod tests {
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
     use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
-    use crate::monitor::CloseReason;
+    use crate::reasons::CloseReason;
     use crate::telemetry::metrics;
     use crate::telemetry::names;
 

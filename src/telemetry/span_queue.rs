@@ -31,7 +31,7 @@ use super::metrics::{Metrics, SpanOutcome};
 use super::names::spans;
 
 /// Spans the export queue holds by default (`telemetry.span_queue_size`).
-pub const DEFAULT_CAPACITY: usize = 16_384;
+pub use crate::config::DEFAULT_SPAN_QUEUE as DEFAULT_CAPACITY;
 
 /// How much an ended span matters to an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

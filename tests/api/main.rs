@@ -13,6 +13,7 @@ mod connections_api;
 mod faults;
 mod grafana;
 mod helpers;
+mod layering;
 mod lifecycle;
 mod metrics;
 mod parsing;
