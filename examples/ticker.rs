@@ -64,6 +64,10 @@ async fn stream_prices(mut socket: WebSocket, mut guard: ConnectionGuard) {
             }
         }
     };
+    if outcome.reason == CloseReason::ClientClosed {
+        // The answer to the client's close frame is queued: flush it out.
+        let _ = futures_util::SinkExt::close(&mut socket).await;
+    }
     guard.set_outcome(outcome); // the guard's drop releases the connection and counts the reason
 }
 

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
+use opentelemetry::KeyValue;
+
 use super::entry::ConnectionEntry;
 use super::registry::Registry;
 use crate::reasons::CloseReason;
-use opentelemetry::KeyValue;
-
 use crate::telemetry::{self, names::attributes as attr, names::spans};
 
 /// How a connection ended, as recorded by its owner just before the guard drops.

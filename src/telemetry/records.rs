@@ -198,8 +198,8 @@ pub fn mark_opened(span: &tracing::Span) {
 /// Completes `span`'s record at the connection's end, before the span closes: `keep` decides,
 /// with its [`Facts`], whether it is exported; if so, `attributes` adds its attributes (all of
 /// them: the span's own fields are for the logs) and the status is set (ERROR when `abnormal`,
-/// else OK). Returns the decision, or `None` when
-/// `span` has no record (nothing is exported either way).
+/// else OK). Returns the decision, or `None` when `span` has no record (nothing is exported
+/// either way).
 pub fn finish(
     span: &tracing::Span,
     keep: impl FnOnce(Facts) -> bool,
