@@ -296,7 +296,7 @@ where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let client_id = &entry.info().client_id;
-    let connection = telemetry::spans::span_context(span);
+    let connection = telemetry::spans::connection_context(span);
     let mut rate = RateLimiter::new(limits.rate, Instant::now());
     let metrics = membership.hub().metrics().clone();
     loop {

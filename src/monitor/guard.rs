@@ -152,7 +152,7 @@ pub fn record_open(connection: &tracing::Span, entry: &ConnectionEntry) {
         span_id = tracing::field::Empty,
     );
     // Its parent is the connection's record, which `tracing-opentelemetry` does not see.
-    telemetry::spans::set_parent_span(&open, connection);
+    telemetry::spans::set_connection_parent(&open, connection);
     telemetry::records::mark_opened(connection);
     telemetry::spans::record_ids(&open);
     open.in_scope(|| tracing::debug!(target: "wsmon", "connection open"));

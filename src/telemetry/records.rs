@@ -269,18 +269,10 @@ where
             return;
         }
         let Some(span) = ctx.span(id) else { return };
-        let (context, parent) = PENDING.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
-            // A connection span not created through `open`: fresh ids.
-            let ids = RandomIdGenerator::default();
-            let context = SpanContext::new(
-                ids.new_trace_id(),
-                ids.new_span_id(),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            );
-            (context, None)
-        });
+        // Only a span created through `open` gets a record: its ids are drawn there.
+        let Some((context, parent)) = PENDING.with(|p| p.borrow_mut().take()) else {
+            return;
+        };
         span.extensions_mut().insert(Record {
             context,
             parent,

@@ -30,9 +30,6 @@ use super::export::FailureLog;
 use super::metrics::{Metrics, SpanOutcome};
 use super::names::spans;
 
-/// Spans the export queue holds by default (`telemetry.span_queue_size`).
-pub use crate::config::DEFAULT_SPAN_QUEUE as DEFAULT_CAPACITY;
-
 /// How much an ended span matters to an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {

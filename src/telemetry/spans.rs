@@ -8,13 +8,15 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The OpenTelemetry span context of `span` (a connection span's comes from its disconnect
-/// record); invalid when no OpenTelemetry layer is installed.
+/// The OpenTelemetry span context of `span`, a span `tracing-opentelemetry` sees; invalid when
+/// no OpenTelemetry layer is installed. (A connection span's is [`connection_context`].)
 pub fn span_context(span: &tracing::Span) -> SpanContext {
-    if let Some(cx) = super::records::span_context(span) {
-        return cx;
-    }
     span.context().span().span_context().clone()
+}
+
+/// The span context of a connection span: its disconnect record's; invalid without records.
+pub fn connection_context(connection: &tracing::Span) -> SpanContext {
+    super::records::span_context(connection).unwrap_or_else(SpanContext::empty_context)
 }
 
 /// Records `trace_id` and `span_id` on `span` (declared as empty fields) and returns the trace
@@ -73,10 +75,10 @@ pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
     let _ = span.set_parent(parent);
 }
 
-/// Makes `span` a child of the span `parent` names (e.g. a connection's `websocket.open`
-/// under the connection, whose span `tracing-opentelemetry` does not see).
-pub fn set_parent_span(span: &tracing::Span, parent: &tracing::Span) {
-    let cx = span_context(parent);
+/// Makes `span` a child of `connection` (a connection's `websocket.open`), whose span
+/// `tracing-opentelemetry` does not see.
+pub fn set_connection_parent(span: &tracing::Span, connection: &tracing::Span) {
+    let cx = connection_context(connection);
     if cx.is_valid() {
         set_parent(
             span,
